@@ -1,0 +1,165 @@
+"""Event contracts: CloudEvent types, their data models and validation.
+
+Event data is always a claim (keys into object storage, run ids), never a data frame
+or model bytes. The JSON Schemas in docs/schemas/ are generated from these models
+(`flts schemas`), and a test fails when the committed files drift from the code.
+"""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Literal, Mapping
+
+from cloudevents.http import CloudEvent
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DATASET_READY = "flts.dataset.ready"
+TRAINING_DATA = "flts.training-data"
+INFERENCE_DATA = "flts.inference-data"
+MODEL_TRAINING = "flts.model-training"
+MODEL_SELECTED = "flts.model-selected"
+
+CLAIM_VERSION = 1
+MAX_EVENT_BYTES = 256 * 1024
+
+
+class EventError(ValueError):
+    """The event itself is wrong: retrying cannot help (dead-letter it)."""
+
+
+class _Data(BaseModel):
+    # Unknown fields are allowed so producers can add to a contract without breaking consumers.
+    model_config = ConfigDict(extra="allow")
+
+
+class DatasetReady(_Data):
+    bucket: str = Field(min_length=1)
+    object_key: str = Field(min_length=1)
+    identifier: str = Field(min_length=1)
+    test_object_key: str | None = None
+
+
+class DataClaim(_Data):
+    """`flts.training-data` and `flts.inference-data`: processed Parquet in object storage."""
+
+    bucket: str = Field(min_length=1)
+    object_key: str = Field(min_length=1)
+    config_hash: str = Field(min_length=8)
+    identifier: str = Field(min_length=1)
+    v: int = CLAIM_VERSION
+    test_object_key: str | None = None
+    meta_key: str | None = None
+    rows: int | None = Field(default=None, ge=0)
+    test_rows: int | None = Field(default=None, ge=0)
+    target: str | None = None
+    timestamp_column: str | None = None
+    columns: list[str] | None = None
+
+
+class ModelTraining(_Data):
+    status: Literal["RUNNING", "SUCCESS", "FAILED"]
+    model_type: str = Field(min_length=1)
+    run_id: str | None = None
+    experiment: str | None = None
+    config_hash: str = Field(min_length=8)
+    identifier: str = Field(min_length=1)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    error: str | None = None
+    bucket: str | None = None
+    object_key: str | None = None
+    test_object_key: str | None = None
+
+
+class PromotionPointer(_Data):
+    """Stored as JSON in the promotion bucket and carried by `flts.model-selected`."""
+
+    identifier: str = Field(min_length=1)
+    config_hash: str = Field(min_length=8)
+    run_id: str = Field(min_length=1)
+    model_type: str = Field(min_length=1)
+    experiment: str
+    model_uri: str
+    rmse: float
+    mae: float
+    mse: float
+    score: float
+    timestamp: str
+    weights: dict[str, float]
+    # Where the serving artifact lies (claim check), so infer needs no MLflow client.
+    artifact_bucket: str
+    artifact_key: str
+    artifact_format: Literal["onnx", "prophet-json"] = "onnx"
+    input_seq_len: int | None = None
+    output_seq_len: int | None = None
+    feature_columns: list[str] | None = None
+    target: str | None = None
+    timestamp_column: str | None = None
+    frequency_seconds: float | None = None
+
+
+EVENT_MODELS: dict[str, type[BaseModel]] = {
+    DATASET_READY: DatasetReady,
+    TRAINING_DATA: DataClaim,
+    INFERENCE_DATA: DataClaim,
+    MODEL_TRAINING: ModelTraining,
+    MODEL_SELECTED: PromotionPointer,
+}
+
+
+def make_event(event_type: str, function: str, data: BaseModel | Mapping[str, Any]) -> CloudEvent:
+    """A CloudEvent of one of our types, validated before it leaves the function."""
+    model = EVENT_MODELS.get(event_type)
+    if model is None:
+        raise EventError(f"unknown event type {event_type!r}")
+    payload = data if isinstance(data, BaseModel) else model.model_validate(dict(data))
+    body = payload.model_dump(mode="json", exclude_none=True)
+    attributes = {
+        "type": event_type,
+        "source": f"/flts/{function}",
+        "subject": body["identifier"],
+        "id": str(uuid.uuid4()),
+        "time": datetime.now(timezone.utc).isoformat(),
+        "datacontenttype": "application/json",
+    }
+    return CloudEvent(attributes, body)
+
+
+def parse_data(event: CloudEvent, expected: tuple[str, ...] | None = None) -> BaseModel:
+    """Validate an incoming event and return its typed data; EventError names the problem."""
+    event_type = event["type"]
+    if expected is not None and event_type not in expected:
+        raise EventError(f"event type {event_type!r} is not handled here (expected one of {list(expected)})")
+    model = EVENT_MODELS.get(event_type)
+    if model is None:
+        raise EventError(f"unknown event type {event_type!r} (known: {sorted(EVENT_MODELS)})")
+    data = event.data
+    if isinstance(data, (bytes, str)):
+        raise EventError(f"{event_type}: data must be a JSON object, got {type(data).__name__}")
+    if not isinstance(data, dict):
+        raise EventError(f"{event_type}: data must be a JSON object, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise EventError(f"{event_type}: {_describe(exc)}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        field = ".".join(str(part) for part in err["loc"]) or "data"
+        if err["type"] == "missing":
+            problems.append(f"missing field '{field}'")
+        else:
+            problems.append(f"field '{field}': {err['msg']}")
+    return "; ".join(problems)
+
+
+def json_schemas() -> dict[str, dict]:
+    """One JSON Schema per event type (documentation lives in docs/schemas/)."""
+    schemas = {}
+    for event_type, model in EVENT_MODELS.items():
+        schema = model.model_json_schema()
+        schema["title"] = event_type
+        schema["$id"] = f"https://flts.dev/schemas/{event_type}.json"
+        schemas[event_type] = schema
+    return schemas

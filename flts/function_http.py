@@ -1,0 +1,76 @@
+"""The HTTP face every event-driven function shares (functions-framework `@http` entry).
+
+In:  a CloudEvent in binary or structured mode (Knative KafkaSource, our dispatcher).
+Out: 200 with the output event as a binary-mode reply (Knative Broker reply) when there
+is one; `application/cloudevents-batch+json` when there are several; 202 and no body
+when there are none. With K_SINK set (Knative SinkBinding), outputs are POSTed there
+instead and the reply is 202.
+Status codes tell the caller whether to retry: 400 = this event is bad (dead-letter it),
+5xx = something failed that may pass later.
+"""
+from __future__ import annotations
+
+import os
+import urllib.request
+
+import orjson
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import from_http
+
+from flts.events import MAX_EVENT_BYTES, EventError
+from flts.logs import error, log
+from flts.storage import InvalidKey, ObjectNotFound
+from flts.router import Handler
+
+BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+
+
+def _json(status: int, **body):
+    return orjson.dumps(body), status, {"Content-Type": "application/json"}
+
+
+def serve_events(request, handler: Handler, env=None):
+    """Turn one HTTP request into one handler call and its reply."""
+    env = os.environ if env is None else env
+    body = request.get_data(cache=False)
+    if len(body) > MAX_EVENT_BYTES:
+        return _json(413, error=f"event body of {len(body)} bytes is over the limit of {MAX_EVENT_BYTES}")
+    try:
+        event = from_http(dict(request.headers), body)
+    except Exception as exc:  # the SDK raises several types for malformed events
+        return _json(400, error=f"not a valid CloudEvent: {exc}")
+    try:
+        emitted = handler(event, env) or []
+    except (EventError, InvalidKey) as exc:
+        error("event_rejected", event_type=event["type"], event_id=event["id"], error=str(exc))
+        return _json(400, error=str(exc))
+    except ObjectNotFound as exc:
+        error("event_rejected", event_type=event["type"], event_id=event["id"], error=str(exc))
+        return _json(422, error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - retryable by the caller
+        error("event_failed", event_type=event["type"], event_id=event["id"], error=f"{type(exc).__name__}: {exc}")
+        return _json(500, error=f"{type(exc).__name__}: {exc}")
+    log("event_handled", event_type=event["type"], event_id=event["id"], emitted=[e["type"] for e in emitted])
+    return reply(emitted, env.get("K_SINK"))
+
+
+def reply(emitted: list, sink: str | None):
+    if sink:
+        for event in emitted:
+            post_event(sink, event)
+        return "", 202, {}
+    if not emitted:
+        return "", 202, {}
+    if len(emitted) == 1:
+        headers, data = to_binary(emitted[0])
+        return data, 200, headers
+    batch = [orjson.loads(to_structured(e)[1]) for e in emitted]
+    return orjson.dumps(batch), 200, {"Content-Type": BATCH_CONTENT_TYPE}
+
+
+def post_event(url: str, event, timeout: float = 10.0) -> None:
+    headers, data = to_binary(event)
+    request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        if response.status >= 300:
+            raise RuntimeError(f"sink {url} answered {response.status}")

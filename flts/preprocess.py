@@ -1,0 +1,303 @@
+"""Preprocess: a raw CSV in object storage → feature Parquet keyed by the config hash.
+
+The output location is `processed-data/<identifier>/<config_hash>/{train,test}.parquet`
+with a `.meta.json` claim beside them. Everything that changes the output goes into the
+config hash (DESIGN.md principle 3), so a repeated event finds its output and only
+re-announces it (`skip_idempotent`).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flts import events
+from flts.events import DataClaim, DatasetReady, EventError
+from flts.logs import log
+from flts.settings import Env, env_bool, env_float, env_int, env_list, env_str
+from flts.storage import ObjectStore, get_json, put_json, store_from_env
+
+PREPROCESS_VERSION = 1
+FUNCTION = "preprocess"
+
+
+class DataError(EventError):
+    """The dataset itself is unusable; the message names the problem."""
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    timestamp_column: str = "time"
+    target: str = "down"
+    test_fraction: float = 0.2
+    clip_outliers: bool = False
+    clip_quantiles: tuple[float, float] = (0.001, 0.999)
+    time_features: bool = True
+    drop_columns: tuple[str, ...] = ()
+    max_bytes: int = 200 * 1024 * 1024
+    processed_bucket: str = "processed-data"
+    extra_hash_salt: str = ""
+    force: bool = False
+    emit_inference_data: bool = False
+
+    @classmethod
+    def from_env(cls, env: Env) -> "PreprocessSettings":
+        low, high = (float(q) for q in env_list(env, "CLIP_QUANTILES", "0.001,0.999"))
+        return cls(
+            timestamp_column=env_str(env, "TIMESTAMP_COLUMN", "time"),
+            target=env_str(env, "TARGET_COLUMN", "down"),
+            test_fraction=env_float(env, "TEST_FRACTION", 0.2),
+            clip_outliers=env_bool(env, "CLIP_OUTLIERS", False),
+            clip_quantiles=(low, high),
+            time_features=env_bool(env, "TIME_FEATURES", True),
+            drop_columns=tuple(env_list(env, "DROP_COLUMNS", "")),
+            max_bytes=env_int(env, "MAX_UPLOAD_BYTES", 200 * 1024 * 1024, minimum=1),
+            processed_bucket=env_str(env, "PROCESSED_BUCKET", "processed-data"),
+            extra_hash_salt=env_str(env, "EXTRA_HASH_SALT", ""),
+            force=env_bool(env, "FORCE_REPROCESS", False),
+            emit_inference_data=env_bool(env, "EMIT_INFERENCE_DATA", False),
+        )
+
+    def knobs(self) -> dict:
+        """The settings that change the output (bucket names and limits do not)."""
+        return {
+            "version": PREPROCESS_VERSION,
+            "timestamp_column": self.timestamp_column,
+            "target": self.target,
+            "test_fraction": self.test_fraction,
+            "clip_outliers": self.clip_outliers,
+            "clip_quantiles": list(self.clip_quantiles) if self.clip_outliers else None,
+            "time_features": self.time_features,
+            "drop_columns": sorted(self.drop_columns),
+        }
+
+
+# ---------------------------------------------------------------- config identity
+
+def build_active_config(settings: PreprocessSettings, sources: dict[str, dict]) -> dict:
+    """Every knob that changes the output, the data's identity and the salt."""
+    return {"preprocess": settings.knobs(), "sources": sources, "extra_hash_salt": settings.extra_hash_salt}
+
+
+def canonical_json(value) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(canonical_json(config)).hexdigest()
+
+
+def source_identity(bucket: str, key: str, raw: bytes) -> dict:
+    return {"bucket": bucket, "object_key": key, "sha256": hashlib.sha256(raw).hexdigest(), "bytes": len(raw)}
+
+
+# ---------------------------------------------------------------- pure data logic
+
+def read_csv(raw: bytes, settings: PreprocessSettings, name: str) -> pd.DataFrame:
+    """Parse and check a raw CSV; every refusal names the file and the problem."""
+    if len(raw) > settings.max_bytes:
+        raise DataError(f"{name}: {len(raw)} bytes is over the limit of {settings.max_bytes} (MAX_UPLOAD_BYTES)")
+    if not raw.strip():
+        raise DataError(f"{name}: the file is empty")
+    try:
+        frame = pd.read_csv(io.BytesIO(raw))
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{name}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    if frame.empty:
+        raise DataError(f"{name}: the file has a header but no rows")
+    ts = settings.timestamp_column
+    if ts not in frame.columns:
+        raise DataError(f"{name}: no timestamp column {ts!r} (columns: {list(frame.columns)}); set TIMESTAMP_COLUMN")
+    frame = frame.drop(columns=[c for c in settings.drop_columns if c in frame.columns])
+    times = pd.to_datetime(frame[ts], errors="coerce")
+    if times.isna().any():
+        row = int(times.isna().to_numpy().argmax())
+        raise DataError(f"{name}: timestamp {frame[ts].iloc[row]!r} in row {row + 1} cannot be parsed")
+    frame[ts] = times
+    _check_time_order(frame[ts], name)
+    _check_numeric(frame, ts, name)
+    if settings.target not in frame.columns:
+        raise DataError(f"{name}: no target column {settings.target!r}; set TARGET_COLUMN")
+    return frame.reset_index(drop=True)
+
+
+def _check_time_order(times: pd.Series, name: str) -> None:
+    duplicated = times.duplicated()
+    if duplicated.any():
+        row = int(duplicated.to_numpy().argmax())
+        raise DataError(f"{name}: duplicate timestamp {times.iloc[row]} in row {row + 1}")
+    steps = times.diff().iloc[1:]
+    if (steps < pd.Timedelta(0)).any():
+        row = int((steps < pd.Timedelta(0)).to_numpy().argmax()) + 1
+        raise DataError(f"{name}: timestamps are not sorted: row {row + 1} ({times.iloc[row]}) comes before row {row}")
+
+
+def _check_numeric(frame: pd.DataFrame, ts: str, name: str) -> None:
+    bad = []
+    for column in frame.columns:
+        if column == ts:
+            continue
+        values = pd.to_numeric(frame[column], errors="coerce")
+        not_numeric = values.isna() & frame[column].notna()
+        if not_numeric.any():
+            bad.append(f"{column!r} (e.g. {frame[column][not_numeric].iloc[0]!r})")
+        else:
+            frame[column] = values.astype("float64")
+    if bad:
+        raise DataError(f"{name}: non-numeric columns {', '.join(bad)}; drop them with DROP_COLUMNS")
+    if len(frame.columns) < 2:
+        raise DataError(f"{name}: no numeric column besides the timestamp")
+
+
+def impute(frame: pd.DataFrame, ts: str) -> pd.DataFrame:
+    """Fill empty cells along time: interpolate inside, carry to the edges, 0 for an empty column."""
+    values = frame.drop(columns=[ts])
+    filled = values.interpolate(limit_direction="both").fillna(0.0)
+    return pd.concat([frame[[ts]], filled], axis=1)
+
+
+def fit_clip_bounds(train: pd.DataFrame, ts: str, quantiles: tuple[float, float]) -> dict[str, tuple[float, float]]:
+    values = train.drop(columns=[ts])
+    low, high = values.quantile(quantiles[0]), values.quantile(quantiles[1])
+    return {c: (float(low[c]), float(high[c])) for c in values.columns}
+
+
+def clip(frame: pd.DataFrame, bounds: dict[str, tuple[float, float]]) -> pd.DataFrame:
+    frame = frame.copy()
+    for column, (low, high) in bounds.items():
+        frame[column] = frame[column].clip(low, high)
+    return frame
+
+
+def add_time_features(frame: pd.DataFrame, ts: str) -> pd.DataFrame:
+    """Cyclic encodings so 23:58 sits next to 00:00 and Sunday next to Monday."""
+    times = frame[ts]
+    minute = times.dt.hour * 60 + times.dt.minute
+    day = times.dt.dayofweek
+    frame = frame.copy()
+    frame["minute_sin"] = np.sin(2 * np.pi * minute / 1440.0)
+    frame["minute_cos"] = np.cos(2 * np.pi * minute / 1440.0)
+    frame["dow_sin"] = np.sin(2 * np.pi * day / 7.0)
+    frame["dow_cos"] = np.cos(2 * np.pi * day / 7.0)
+    return frame
+
+
+def transform(train: pd.DataFrame, test: pd.DataFrame, settings: PreprocessSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Impute, clip (bounds fitted on the training part only), add time features."""
+    ts = settings.timestamp_column
+    train, test = impute(train, ts), impute(test, ts)
+    if settings.clip_outliers:
+        bounds = fit_clip_bounds(train, ts, settings.clip_quantiles)
+        train, test = clip(train, bounds), clip(test, bounds)
+    if settings.time_features:
+        train, test = add_time_features(train, ts), add_time_features(test, ts)
+    return train, test
+
+
+def split_by_time(frame: pd.DataFrame, test_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    if not 0 < test_fraction < 1:
+        raise DataError(f"TEST_FRACTION must be between 0 and 1, got {test_fraction}")
+    cut = int(round(len(frame) * (1 - test_fraction)))
+    if cut < 1 or cut >= len(frame):
+        raise DataError(f"{len(frame)} rows are too few to split into train and test")
+    return frame.iloc[:cut].reset_index(drop=True), frame.iloc[cut:].reset_index(drop=True)
+
+
+def to_parquet(frame: pd.DataFrame, config: dict, digest: str) -> bytes:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    metadata = dict(table.schema.metadata or {})
+    metadata[b"preprocess_config"] = canonical_json(config)
+    metadata[b"config_hash"] = digest.encode()
+    buffer = io.BytesIO()
+    pq.write_table(table.replace_schema_metadata(metadata), buffer)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------- the handler
+
+def output_keys(identifier: str, digest: str) -> dict[str, str]:
+    prefix = f"{identifier}/{digest}"
+    return {"train": f"{prefix}/train.parquet", "test": f"{prefix}/test.parquet", "meta": f"{prefix}/.meta.json"}
+
+
+def handle(event, env: Env) -> list:
+    """`flts.dataset.ready` → `flts.training-data` (and `flts.inference-data` when enabled)."""
+    request: DatasetReady = events.parse_data(event, (events.DATASET_READY,))
+    settings = PreprocessSettings.from_env(env)
+    store = store_from_env(env)
+    meta = preprocess(store, request, settings)
+    claim = DataClaim(
+        bucket=settings.processed_bucket,
+        object_key=meta["objects"]["train"],
+        test_object_key=meta["objects"]["test"],
+        meta_key=meta["objects"]["meta"],
+        config_hash=meta["config_hash"],
+        identifier=request.identifier,
+        rows=meta["row_count"],
+        test_rows=meta["test_row_count"],
+        target=settings.target,
+        timestamp_column=settings.timestamp_column,
+        columns=meta["column_names"],
+    )
+    out = [events.make_event(events.TRAINING_DATA, FUNCTION, claim)]
+    if settings.emit_inference_data:
+        out.append(events.make_event(events.INFERENCE_DATA, FUNCTION, claim))
+    return out
+
+
+def preprocess(store: ObjectStore, request: DatasetReady, settings: PreprocessSettings) -> dict:
+    """Run (or skip) preprocessing for one dataset and return its `.meta.json` claim."""
+    started = time.perf_counter()
+    raw = store.get_bytes(request.bucket, request.object_key)
+    sources = {"train": source_identity(request.bucket, request.object_key, raw)}
+    raw_test = None
+    if request.test_object_key:
+        raw_test = store.get_bytes(request.bucket, request.test_object_key)
+        sources["test"] = source_identity(request.bucket, request.test_object_key, raw_test)
+    config = build_active_config(settings, sources)
+    digest = config_hash(config)
+    keys = output_keys(request.identifier, digest)
+    bucket = settings.processed_bucket
+
+    if not settings.force and all(store.exists(bucket, k) for k in keys.values()):
+        meta = get_json(store, bucket, keys["meta"])
+        log("skip_idempotent", identifier=request.identifier, config_hash=digest, object_key=keys["train"])
+        return meta
+
+    frame = read_csv(raw, settings, request.object_key)
+    if raw_test is not None:
+        train, test = frame, read_csv(raw_test, settings, request.test_object_key)
+        if set(test.columns) != set(train.columns):
+            raise DataError(f"{request.test_object_key}: columns {sorted(test.columns)} differ from the training file's {sorted(train.columns)}")
+        test = test[train.columns]
+    else:
+        train, test = split_by_time(frame, settings.test_fraction)
+    train, test = transform(train, test, settings)
+
+    store.ensure_bucket(bucket)
+    store.put_bytes(bucket, keys["train"], to_parquet(train, config, digest))
+    store.put_bytes(bucket, keys["test"], to_parquet(test, config, digest))
+    meta = {
+        "identifier": request.identifier,
+        "source_objects": sources,
+        "config": config,
+        "config_hash": digest,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "row_count": len(train),
+        "test_row_count": len(test),
+        "column_names": list(train.columns),
+        "objects": keys,
+        "bucket": bucket,
+    }
+    put_json(store, bucket, keys["meta"], meta)  # written last: its presence means the outputs are complete
+    log("preprocess_done", identifier=request.identifier, config_hash=digest, rows=len(train),
+        test_rows=len(test), seconds=round(time.perf_counter() - started, 3))
+    return meta

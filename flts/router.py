@@ -1,0 +1,89 @@
+"""The embedded event bus: one process, events delivered in-process by the routing table.
+
+Each emitted CloudEvent goes to every deployment subscribed to its type, with that
+deployment's own environment (e.g. MODEL_TYPE) layered over the process's. A handler
+that fails is recorded as a dead letter, as the Kafka dispatcher would do, and the
+rest of the events still flow.
+"""
+from __future__ import annotations
+
+import importlib
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from flts import routing
+from flts.events import EventError
+from flts.logs import log
+from flts.settings import Env
+
+Handler = Callable[[object, Env], list]
+
+
+def load_handler(spec: str) -> Handler:
+    module, _, attribute = spec.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+@dataclass
+class Delivery:
+    deployment: str
+    event_type: str
+    seconds: float
+    emitted: list[str]
+    error: str | None = None
+
+
+@dataclass
+class EmbeddedRouter:
+    env: Env
+    deployments: Iterable[routing.Deployment] = routing.DEPLOYMENTS
+    on_delivery: Callable[[Delivery], None] | None = None
+    deliveries: list[Delivery] = field(default_factory=list)
+    published: list = field(default_factory=list)
+    _queue: deque = field(default_factory=deque)
+    _handlers: dict = field(default_factory=dict)
+
+    def publish(self, event) -> None:
+        routing.topic_of(event["type"])  # an event nobody could route is a bug: fail here, loudly
+        self.published.append(event)
+        self._queue.append(event)
+
+    def run(self, max_events: int = 10_000) -> list[Delivery]:
+        """Deliver until no event is left; returns the deliveries made by this call."""
+        start = len(self.deliveries)
+        while self._queue:
+            if len(self.published) > max_events:
+                raise RuntimeError(f"more than {max_events} events: a routing loop?")
+            event = self._queue.popleft()
+            for deployment in self._subscribers(event["type"]):
+                self._deliver(deployment, event)
+        return self.deliveries[start:]
+
+    def dead_letters(self) -> list[Delivery]:
+        return [d for d in self.deliveries if d.error]
+
+    def _subscribers(self, event_type: str) -> list[routing.Deployment]:
+        return [d for d in self.deployments if event_type in d.subscribes]
+
+    def _deliver(self, deployment: routing.Deployment, event) -> None:
+        handler = self._handlers.get(deployment.handler) or self._handlers.setdefault(
+            deployment.handler, load_handler(deployment.handler))
+        started = time.perf_counter()
+        try:
+            emitted = handler(event, {**self.env, **deployment.env}) or []
+            error = None
+        except EventError as exc:  # bad input: nothing to retry
+            emitted, error = [], f"rejected: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a dead letter, not a crash of the bus
+            emitted, error = [], f"{type(exc).__name__}: {exc}"
+        delivery = Delivery(deployment.name, event["type"], time.perf_counter() - started,
+                            [e["type"] for e in emitted], error)
+        if error:
+            log("dead_letter", level="error", deployment=deployment.name, event_type=event["type"], error=error)
+        self.deliveries.append(delivery)
+        if self.on_delivery:
+            self.on_delivery(delivery)
+        for out in emitted:
+            self.publish(out)

@@ -1,0 +1,204 @@
+"""Object storage: one interface, two implementations.
+
+- `S3Store`: any S3-compatible server through the `minio` SDK (S3_ENDPOINT, S3_ACCESS_KEY,
+  S3_SECRET_KEY, S3_SECURE, S3_REGION from the environment).
+- `FileStore`: a folder per bucket on the local filesystem, the embedded default.
+
+Keys are validated the same way for both, and a missing object raises ObjectNotFound
+(never returns None), so a bad claim check fails loudly and names the object.
+"""
+from __future__ import annotations
+
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import orjson
+
+from flts.settings import Env, env_bool, env_str
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+MAX_KEY_LENGTH = 1024
+
+
+class StorageError(Exception):
+    """Object storage could not do what was asked."""
+
+
+class InvalidKey(StorageError, ValueError):
+    """A bucket name or object key that is unsafe or malformed."""
+
+
+class ObjectNotFound(StorageError, KeyError):
+    def __init__(self, bucket: str, key: str):
+        super().__init__(f"object not found: {bucket}/{key}")
+        self.bucket, self.key = bucket, key
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+def validate_bucket(bucket: str) -> str:
+    if not isinstance(bucket, str) or not _BUCKET.match(bucket) or ".." in bucket:
+        raise InvalidKey(f"invalid bucket name {bucket!r}: use 3-63 lowercase letters, digits, '.' or '-'")
+    return bucket
+
+
+def validate_key(key: str) -> str:
+    """Refuse keys that could escape a prefix or confuse a filesystem: '..', absolute, control chars."""
+    if not isinstance(key, str) or not key:
+        raise InvalidKey("object key must be a non-empty string")
+    if len(key) > MAX_KEY_LENGTH:
+        raise InvalidKey(f"object key is longer than {MAX_KEY_LENGTH} characters")
+    if key.startswith("/") or key.startswith("\\"):
+        raise InvalidKey(f"object key {key!r} must be relative (no leading '/')")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+        raise InvalidKey(f"object key {key!r} contains control characters")
+    if "\\" in key:
+        raise InvalidKey(f"object key {key!r} contains a backslash")
+    parts = key.split("/")
+    if any(part in ("..", ".") for part in parts):
+        raise InvalidKey(f"object key {key!r} contains a '.' or '..' path segment")
+    if any(part == "" for part in parts[:-1]) or parts[-1] == "":
+        raise InvalidKey(f"object key {key!r} contains an empty path segment")
+    return key
+
+
+class ObjectStore(Protocol):
+    def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
+    def get_bytes(self, bucket: str, key: str) -> bytes: ...
+    def exists(self, bucket: str, key: str) -> bool: ...
+    def list_keys(self, bucket: str, prefix: str = "") -> Iterator[str]: ...
+    def ensure_bucket(self, bucket: str) -> None: ...
+
+
+def put_json(store: ObjectStore, bucket: str, key: str, value) -> None:
+    store.put_bytes(bucket, key, orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS), "application/json")
+
+
+def get_json(store: ObjectStore, bucket: str, key: str):
+    raw = store.get_bytes(bucket, key)
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise StorageError(f"{bucket}/{key} is not valid JSON: {exc}") from None
+
+
+class FileStore:
+    """Buckets as folders under `root`; writes are atomic (temp file + rename)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def _path(self, bucket: str, key: str) -> Path:
+        return self.root / validate_bucket(bucket) / validate_key(key)
+
+    def ensure_bucket(self, bucket: str) -> None:
+        (self.root / validate_bucket(bucket)).mkdir(parents=True, exist_ok=True)
+
+    def put_bytes(self, bucket, key, data, content_type="application/octet-stream"):
+        path = self._path(bucket, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+
+    def get_bytes(self, bucket, key):
+        path = self._path(bucket, key)
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            raise ObjectNotFound(bucket, key) from None
+
+    def exists(self, bucket, key):
+        return self._path(bucket, key).is_file()
+
+    def list_keys(self, bucket, prefix=""):
+        base = self.root / validate_bucket(bucket)
+        if not base.is_dir():
+            return
+        for path in sorted(base.rglob("*")):
+            if path.is_file() and not path.name.startswith(".tmp-"):
+                key = path.relative_to(base).as_posix()
+                if key.startswith(prefix):
+                    yield key
+
+    def __repr__(self) -> str:
+        return f"FileStore({str(self.root)!r})"
+
+
+class S3Store:
+    """An S3-compatible server through the minio SDK."""
+
+    def __init__(self, endpoint: str, access_key: str, secret_key: str, secure: bool = False, region: str | None = None):
+        from minio import Minio  # imported here: the embedded default never needs it
+
+        self.endpoint = endpoint
+        self.client = Minio(endpoint, access_key=access_key, secret_key=secret_key, secure=secure, region=region)
+
+    def ensure_bucket(self, bucket):
+        validate_bucket(bucket)
+        if not self.client.bucket_exists(bucket):
+            self.client.make_bucket(bucket)
+
+    def put_bytes(self, bucket, key, data, content_type="application/octet-stream"):
+        validate_bucket(bucket), validate_key(key)
+        self.client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+
+    def get_bytes(self, bucket, key):
+        from minio.error import S3Error
+
+        validate_bucket(bucket), validate_key(key)
+        try:
+            response = self.client.get_object(bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject"):
+                raise ObjectNotFound(bucket, key) from None
+            raise StorageError(f"cannot read {bucket}/{key}: {exc.code} {exc.message}") from exc
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    def exists(self, bucket, key):
+        from minio.error import S3Error
+
+        validate_bucket(bucket), validate_key(key)
+        try:
+            self.client.stat_object(bucket, key)
+            return True
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject", "NotFound"):
+                return False
+            raise
+
+    def list_keys(self, bucket, prefix=""):
+        validate_bucket(bucket)
+        for obj in self.client.list_objects(bucket, prefix=prefix or None, recursive=True):
+            yield obj.object_name
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.endpoint!r})"
+
+
+DEFAULT_EMBEDDED_ROOT = ".flts/embedded/objects"
+
+
+def store_from_env(env: Env) -> ObjectStore:
+    """S3 when S3_ENDPOINT is set, else the filesystem store under FLTS_OBJECT_DIR."""
+    endpoint = env_str(env, "S3_ENDPOINT", "")
+    if endpoint:
+        endpoint = endpoint.removeprefix("http://").removeprefix("https://")
+        return S3Store(
+            endpoint,
+            env_str(env, "S3_ACCESS_KEY", ""),
+            env_str(env, "S3_SECRET_KEY", ""),
+            secure=env_bool(env, "S3_SECURE", False),
+            region=env_str(env, "S3_REGION", "") or None,
+        )
+    return FileStore(env_str(env, "FLTS_OBJECT_DIR", DEFAULT_EMBEDDED_ROOT))

@@ -1,0 +1,16 @@
+"""Preprocess function: `flts.dataset.ready` in, `flts.training-data` out.
+
+Run locally:  functions-framework --source functions/preprocess/main.py --target preprocess --port 8081
+"""
+import functions_framework
+
+from flts.function_http import serve_events
+from flts.logs import set_component
+from flts.preprocess import handle
+
+set_component("preprocess")
+
+
+@functions_framework.http
+def preprocess(request):
+    return serve_events(request, handle)

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Install the binaries of the local full stack (no Docker), cached and idempotent:
+#   - Apache Kafka (KRaft) jars from Maven Central      -> $FLTS_CACHE/kafka/libs
+#   - versitygw S3 server (go install), s3proxy fallback -> $FLTS_CACHE/bin/versitygw
+#   - PostgreSQL server from Debian packages             -> /usr/lib/postgresql/*/bin
+# A second run only checks stamps and takes a couple of seconds.
+#
+# Env: FLTS_CACHE (default ~/.cache/flts), FLTS_SKIP_POSTGRES=1, FLTS_SKIP_KAFKA=1,
+#      FLTS_SKIP_S3=1, FLTS_FORCE=1 (ignore the stamps and reinstall).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+CACHE="${FLTS_CACHE:-$HOME/.cache/flts}"
+VERSITYGW_VERSION="${VERSITYGW_VERSION:-v1.7.0}"
+S3PROXY_VERSION="${S3PROXY_VERSION:-2.6.0}"
+MVN_DEP_PLUGIN="org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
+mkdir -p "$CACHE/bin"
+
+say() { printf '%s\n' "$*" >&2; }
+die() { printf 'install.sh: ERROR: %s\n' "$*" >&2; exit 1; }
+stamp_ok() { [[ -z "${FLTS_FORCE:-}" && -f "$1" && "$(cat "$1")" == "$2" ]]; }
+
+# ---------------------------------------------------------------- Java / Kafka
+install_kafka() {
+    local pom="$HERE/kafka/pom.xml" libs="$CACHE/kafka/libs"
+    local want; want="$(sha256sum "$pom" | cut -d' ' -f1)"
+    if stamp_ok "$libs/.stamp" "$want"; then
+        say "kafka: cached ($(ls "$libs"/kafka_2.13-*.jar | sed 's/.*kafka_2.13-//; s/\.jar$//'), $libs)"
+        return
+    fi
+    command -v java >/dev/null 2>&1 \
+        || die "java is missing: Kafka 4.x needs Java 17 or newer (Debian: apt-get install -y openjdk-17-jre-headless)"
+    local jv; jv="$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)"
+    [[ -n "$jv" && "$jv" -ge 17 ]] \
+        || die "Java $jv found, Kafka 4.x needs Java 17 or newer (apt-get install -y openjdk-17-jre-headless)"
+    command -v mvn >/dev/null 2>&1 || die "mvn is missing (Debian: apt-get install -y maven)"
+    say "kafka: resolving jars from Maven Central (java $jv) ..."
+    local tmp="$CACHE/kafka/libs.tmp"
+    rm -rf "$tmp"; mkdir -p "$tmp"
+    mvn -B -q -f "$pom" -Dmaven.repo.local="$CACHE/m2" \
+        "$MVN_DEP_PLUGIN:copy-dependencies" -DoutputDirectory="$tmp" -DincludeScope=runtime \
+        || die "maven could not copy the Kafka jars (see the output above)"
+    # slf4j binding must match the slf4j-api that Kafka brought in.
+    if ls "$tmp"/slf4j-api-2.* >/dev/null 2>&1 && ! ls "$tmp"/log4j-slf4j2-impl-* >/dev/null 2>&1; then
+        die "Kafka now brings slf4j-api 2.x: switch log4j-slf4j-impl to log4j-slf4j2-impl in $pom"
+    fi
+    echo "$want" > "$tmp/.stamp"
+    rm -rf "$libs"; mv "$tmp" "$libs"
+    say "kafka: $(ls "$libs"/*.jar | wc -l) jars in $libs ($(cd "$libs" && ls slf4j-api-* log4j-slf4j*-impl-* | tr '\n' ' '))"
+}
+
+# ---------------------------------------------------------------- S3 server
+install_s3proxy() {
+    local dir="$CACHE/s3proxy" want="s3proxy-$S3PROXY_VERSION"
+    if stamp_ok "$dir/.stamp" "$want"; then say "s3proxy: cached ($dir)"; return; fi
+    command -v mvn >/dev/null 2>&1 || die "mvn is missing (Debian: apt-get install -y maven)"
+    say "s3proxy: fetching org.gaul:s3proxy:$S3PROXY_VERSION (jar-with-dependencies) from Maven Central ..."
+    mkdir -p "$dir"
+    mvn -B -q -Dmaven.repo.local="$CACHE/m2" "$MVN_DEP_PLUGIN:copy" \
+        -Dartifact="org.gaul:s3proxy:$S3PROXY_VERSION:jar:jar-with-dependencies" \
+        -DoutputDirectory="$dir" -Dmdep.stripVersion=true -Dmdep.stripClassifier=true \
+        || die "s3proxy could not be fetched either: no S3 server available"
+    echo "$want" > "$dir/.stamp"
+    say "s3proxy: installed $dir/s3proxy.jar"
+}
+
+install_versitygw() {
+    local bin="$CACHE/bin/versitygw" stamp="$CACHE/bin/.versitygw-version"
+    if [[ -x "$bin" ]] && stamp_ok "$stamp" "$VERSITYGW_VERSION"; then
+        say "versitygw: cached ($VERSITYGW_VERSION, $bin)"; return
+    fi
+    if ! command -v go >/dev/null 2>&1; then
+        say "versitygw: Go is missing (versitygw $VERSITYGW_VERSION needs Go >= 1.25); falling back to s3proxy"
+        install_s3proxy; return
+    fi
+    say "versitygw: building $VERSITYGW_VERSION with $(go version | cut -d' ' -f3) (a few minutes on 2 cores) ..."
+    if GOBIN="$CACHE/bin" CGO_ENABLED=0 GOFLAGS=-trimpath \
+        go install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"; then
+        echo "$VERSITYGW_VERSION" > "$stamp"
+        say "versitygw: installed $bin"
+    else
+        say "versitygw: go install failed; falling back to s3proxy"
+        install_s3proxy
+    fi
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+install_postgres() {
+    local found
+    found="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | while read -r d; do
+        [[ -x "$d/initdb" && -x "$d/pg_ctl" ]] && echo "$d"; done | tail -1)"
+    if [[ -n "$found" ]]; then say "postgres: present ($found)"; return; fi
+    command -v apt-get >/dev/null 2>&1 || die "PostgreSQL server is missing and apt-get is not available"
+    [[ "$(id -u)" == 0 ]] || die "PostgreSQL server is missing: run as root or 'sudo apt-get install -y postgresql'"
+    say "postgres: installing Debian package postgresql ..."
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-cache policy postgresql 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+        apt-get update -qq
+    fi
+    apt-get install -y -qq postgresql >/dev/null || die "apt-get install postgresql failed"
+    # The Debian package may create and start a system cluster: we never use it.
+    say "postgres: installed ($(ls -d /usr/lib/postgresql/*/bin | tail -1))"
+}
+
+t0=$(date +%s%N)
+[[ -n "${FLTS_SKIP_KAFKA:-}" ]] || install_kafka
+[[ -n "${FLTS_SKIP_S3:-}" ]] || install_versitygw
+[[ -n "${FLTS_SKIP_POSTGRES:-}" ]] || install_postgres
+ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+say "infra: installed in $((ms / 1000)).$(( (ms % 1000) / 100 ))s (cache $CACHE)"
