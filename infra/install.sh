@@ -37,7 +37,7 @@ install_kafka() {
     say "kafka: resolving jars from Maven Central (java $jv) ..."
     local tmp="$CACHE/kafka/libs.tmp"
     rm -rf "$tmp"; mkdir -p "$tmp"
-    mvn -B -q -f "$pom" -Dmaven.repo.local="$CACHE/m2" \
+    mvn -B -q -Dstyle.color=never -f "$pom" -Dmaven.repo.local="$CACHE/m2" \
         "$MVN_DEP_PLUGIN:copy-dependencies" -DoutputDirectory="$tmp" -DincludeScope=runtime \
         || die "maven could not copy the Kafka jars (see the output above)"
     # slf4j binding must match the slf4j-api that Kafka brought in.
@@ -56,7 +56,7 @@ install_s3proxy() {
     command -v mvn >/dev/null 2>&1 || die "mvn is missing (Debian: apt-get install -y maven)"
     say "s3proxy: fetching org.gaul:s3proxy:$S3PROXY_VERSION (jar-with-dependencies) from Maven Central ..."
     mkdir -p "$dir"
-    mvn -B -q -Dmaven.repo.local="$CACHE/m2" "$MVN_DEP_PLUGIN:copy" \
+    mvn -B -q -Dstyle.color=never -Dmaven.repo.local="$CACHE/m2" "$MVN_DEP_PLUGIN:copy" \
         -Dartifact="org.gaul:s3proxy:$S3PROXY_VERSION:jar:jar-with-dependencies" \
         -DoutputDirectory="$dir" -Dmdep.stripVersion=true -Dmdep.stripClassifier=true \
         || die "s3proxy could not be fetched either: no S3 server available"

@@ -1,0 +1,34 @@
+"""Sliding windows: the one definition of "input = last N rows, output = next M target values".
+
+Train, eval, the accuracy benchmark and the serving path all cut windows here, so a
+model is always scored on exactly the windows it would be served.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class WindowError(ValueError):
+    pass
+
+
+def window_count(rows: int, input_len: int, output_len: int) -> int:
+    return rows - input_len - output_len + 1
+
+
+def make_windows(features: np.ndarray, target: np.ndarray, input_len: int, output_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """X[i] = features[i : i+input_len], Y[i] = target[i+input_len : i+input_len+output_len].
+
+    features: [rows, n_features]; target: [rows]. Returns X [N, input_len, n_features] and
+    Y [N, output_len] as float32 views-turned-copies (contiguous for torch and ONNX Runtime).
+    """
+    if input_len < 1 or output_len < 1:
+        raise WindowError(f"window lengths must be >= 1 (input {input_len}, output {output_len})")
+    n = window_count(len(features), input_len, output_len)
+    if n < 1:
+        raise WindowError(
+            f"{len(features)} rows are too few for one window of {input_len} input + {output_len} output rows")
+    view = np.lib.stride_tricks.sliding_window_view(features, input_len, axis=0)[:n]  # [N, F, input_len]
+    x = np.ascontiguousarray(view.transpose(0, 2, 1), dtype=np.float32)
+    y_view = np.lib.stride_tricks.sliding_window_view(target[input_len:], output_len)[:n]
+    return x, np.ascontiguousarray(y_view, dtype=np.float32)
