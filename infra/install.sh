@@ -6,7 +6,8 @@
 # A second run only checks stamps and takes a couple of seconds.
 #
 # Env: FLTS_CACHE (default ~/.cache/flts), FLTS_SKIP_POSTGRES=1, FLTS_SKIP_KAFKA=1,
-#      FLTS_SKIP_S3=1, FLTS_FORCE=1 (ignore the stamps and reinstall).
+#      FLTS_SKIP_S3=1, FLTS_FORCE=1 (ignore the stamps and reinstall),
+#      FLTS_S3_SERVER=s3proxy (install the Java fallback S3 server instead of versitygw).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -17,6 +18,7 @@ MVN_DEP_PLUGIN="org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 mkdir -p "$CACHE/bin"
 
 say() { printf '%s\n' "$*" >&2; }
+nocolor() { sed -u 's/\x1b\[[0-9;]*m//g'; }  # maven 3.8 prints colour resets even with -B
 die() { printf 'install.sh: ERROR: %s\n' "$*" >&2; exit 1; }
 stamp_ok() { [[ -z "${FLTS_FORCE:-}" && -f "$1" && "$(cat "$1")" == "$2" ]]; }
 
@@ -38,7 +40,7 @@ install_kafka() {
     local tmp="$CACHE/kafka/libs.tmp"
     rm -rf "$tmp"; mkdir -p "$tmp"
     mvn -B -q -Dstyle.color=never -f "$pom" -Dmaven.repo.local="$CACHE/m2" \
-        "$MVN_DEP_PLUGIN:copy-dependencies" -DoutputDirectory="$tmp" -DincludeScope=runtime \
+        "$MVN_DEP_PLUGIN:copy-dependencies" -DoutputDirectory="$tmp" -DincludeScope=runtime 2>&1 | nocolor \
         || die "maven could not copy the Kafka jars (see the output above)"
     # slf4j binding must match the slf4j-api that Kafka brought in.
     if ls "$tmp"/slf4j-api-2.* >/dev/null 2>&1 && ! ls "$tmp"/log4j-slf4j2-impl-* >/dev/null 2>&1; then
@@ -58,7 +60,7 @@ install_s3proxy() {
     mkdir -p "$dir"
     mvn -B -q -Dstyle.color=never -Dmaven.repo.local="$CACHE/m2" "$MVN_DEP_PLUGIN:copy" \
         -Dartifact="org.gaul:s3proxy:$S3PROXY_VERSION:jar:jar-with-dependencies" \
-        -DoutputDirectory="$dir" -Dmdep.stripVersion=true -Dmdep.stripClassifier=true \
+        -DoutputDirectory="$dir" -Dmdep.stripVersion=true -Dmdep.stripClassifier=true 2>&1 | nocolor \
         || die "s3proxy could not be fetched either: no S3 server available"
     echo "$want" > "$dir/.stamp"
     say "s3proxy: installed $dir/s3proxy.jar"
@@ -104,7 +106,9 @@ install_postgres() {
 
 t0=$(date +%s%N)
 [[ -n "${FLTS_SKIP_KAFKA:-}" ]] || install_kafka
-[[ -n "${FLTS_SKIP_S3:-}" ]] || install_versitygw
+if [[ -z "${FLTS_SKIP_S3:-}" ]]; then
+    if [[ "${FLTS_S3_SERVER:-}" == s3proxy ]]; then install_s3proxy; else install_versitygw; fi
+fi
 [[ -n "${FLTS_SKIP_POSTGRES:-}" ]] || install_postgres
 ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 say "infra: installed in $((ms / 1000)).$(( (ms % 1000) / 100 ))s (cache $CACHE)"

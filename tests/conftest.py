@@ -5,7 +5,6 @@ MLflow) on private ports and a temporary state dir, and stops them at the end.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -29,3 +28,23 @@ def file_store(tmp_path):
     from flts.storage import FileStore
 
     return FileStore(tmp_path / "objects")
+
+
+@pytest.fixture(scope="session")
+def infra():
+    """The real services (Kafka, S3 server, PostgreSQL, MLflow) for the session; yields the InfraConfig.
+
+    A private state dir and free ports, so a developer's own `flts up` is never touched.
+    Stopped (no process left) at the end.
+    """
+    import shutil
+
+    from flts import infra as fi
+
+    cfg = fi.ephemeral_config()
+    try:
+        fi.start_all(cfg)
+        yield cfg
+    finally:
+        fi.stop_all(cfg)
+        shutil.rmtree(cfg.state_dir, ignore_errors=True)
