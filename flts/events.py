@@ -111,7 +111,13 @@ def make_event(event_type: str, function: str, data: BaseModel | Mapping[str, An
     model = EVENT_MODELS.get(event_type)
     if model is None:
         raise EventError(f"unknown event type {event_type!r}")
-    payload = data if isinstance(data, BaseModel) else model.model_validate(dict(data))
+    # A model of another event type (or a dict) is validated against this type's model.
+    if isinstance(data, model):
+        payload = data
+    elif isinstance(data, BaseModel):
+        payload = _validate(event_type, model, data.model_dump(mode="json", exclude_none=True))
+    else:
+        payload = _validate(event_type, model, dict(data))
     body = payload.model_dump(mode="json", exclude_none=True)
     attributes = {
         "type": event_type,
@@ -137,6 +143,10 @@ def parse_data(event: CloudEvent, expected: tuple[str, ...] | None = None) -> Ba
         raise EventError(f"{event_type}: data must be a JSON object, got {type(data).__name__}")
     if not isinstance(data, dict):
         raise EventError(f"{event_type}: data must be a JSON object, got {type(data).__name__}")
+    return _validate(event_type, model, data)
+
+
+def _validate(event_type: str, model: type[BaseModel], data: dict) -> BaseModel:
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -6,7 +6,8 @@ is one; `application/cloudevents-batch+json` when there are several; 202 and no 
 when there are none. With K_SINK set (Knative SinkBinding), outputs are POSTed there
 instead and the reply is 202.
 Status codes tell the caller whether to retry: 400 = this event is bad (dead-letter it),
-5xx = something failed that may pass later.
+413 = the body is over MAX_EVENT_BYTES, 422 = the object the claim points to is missing,
+5xx = something failed that may pass later (502: the output could not reach K_SINK).
 """
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ def _json(status: int, **body):
 def serve_events(request, handler: Handler, env=None):
     """Turn one HTTP request into one handler call and its reply."""
     env = os.environ if env is None else env
+    declared = request.content_length or 0
+    if declared > MAX_EVENT_BYTES:  # refuse before reading the body into memory
+        return _json(413, error=f"event body of {declared} bytes is over the limit of {MAX_EVENT_BYTES}")
     body = request.get_data(cache=False)
     if len(body) > MAX_EVENT_BYTES:
         return _json(413, error=f"event body of {len(body)} bytes is over the limit of {MAX_EVENT_BYTES}")
@@ -51,7 +55,11 @@ def serve_events(request, handler: Handler, env=None):
         error("event_failed", event_type=event["type"], event_id=event["id"], error=f"{type(exc).__name__}: {exc}")
         return _json(500, error=f"{type(exc).__name__}: {exc}")
     log("event_handled", event_type=event["type"], event_id=event["id"], emitted=[e["type"] for e in emitted])
-    return reply(emitted, env.get("K_SINK"))
+    try:
+        return reply(emitted, env.get("K_SINK"))
+    except Exception as exc:  # noqa: BLE001 - the sink is down: 502 so the caller redelivers (handlers are idempotent)
+        error("sink_failed", event_type=event["type"], event_id=event["id"], error=f"{type(exc).__name__}: {exc}")
+        return _json(502, error=f"cannot deliver the output to K_SINK: {type(exc).__name__}: {exc}")
 
 
 def reply(emitted: list, sink: str | None):

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from flts import events
 from flts.events import DataClaim, DatasetReady, EventError
 from flts.logs import log
-from flts.settings import Env, env_bool, env_float, env_int, env_list, env_str
+from flts.settings import ConfigError, Env, env_bool, env_float, env_int, env_list, env_str
 from flts.storage import ObjectStore, get_json, put_json, store_from_env
 
 PREPROCESS_VERSION = 1
@@ -48,9 +48,17 @@ class PreprocessSettings:
     force: bool = False
     emit_inference_data: bool = False
 
+    def __post_init__(self):
+        low, high = self.clip_quantiles
+        if not 0 <= low < high <= 1:
+            raise ConfigError(f"CLIP_QUANTILES must be two quantiles 0 <= low < high <= 1, got {low},{high}")
+        kept = {self.timestamp_column, self.target} & set(self.drop_columns)
+        if kept:
+            raise ConfigError(f"DROP_COLUMNS must not name the timestamp or target column: {sorted(kept)}")
+
     @classmethod
     def from_env(cls, env: Env) -> "PreprocessSettings":
-        low, high = (float(q) for q in env_list(env, "CLIP_QUANTILES", "0.001,0.999"))
+        low, high = _quantiles(env_list(env, "CLIP_QUANTILES", "0.001,0.999"))
         return cls(
             timestamp_column=env_str(env, "TIMESTAMP_COLUMN", "time"),
             target=env_str(env, "TARGET_COLUMN", "down"),
@@ -78,6 +86,14 @@ class PreprocessSettings:
             "time_features": self.time_features,
             "drop_columns": sorted(self.drop_columns),
         }
+
+
+def _quantiles(items: list[str]) -> tuple[float, float]:
+    try:
+        low, high = (float(q) for q in items)
+    except ValueError:
+        raise ConfigError(f"CLIP_QUANTILES must be two numbers like 0.001,0.999, got {','.join(items)!r}") from None
+    return low, high
 
 
 # ---------------------------------------------------------------- config identity
@@ -111,22 +127,43 @@ def read_csv(raw: bytes, settings: PreprocessSettings, name: str) -> pd.DataFram
         frame = pd.read_csv(io.BytesIO(raw))
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"{name}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    if not isinstance(frame.index, pd.RangeIndex):  # pandas turns surplus leading fields into an index
+        raise DataError(f"{name}: rows have more fields than the header ({len(frame.columns)} columns)")
     if frame.empty:
         raise DataError(f"{name}: the file has a header but no rows")
     ts = settings.timestamp_column
     if ts not in frame.columns:
         raise DataError(f"{name}: no timestamp column {ts!r} (columns: {list(frame.columns)}); set TIMESTAMP_COLUMN")
     frame = frame.drop(columns=[c for c in settings.drop_columns if c in frame.columns])
-    times = pd.to_datetime(frame[ts], errors="coerce")
-    if times.isna().any():
-        row = int(times.isna().to_numpy().argmax())
-        raise DataError(f"{name}: timestamp {frame[ts].iloc[row]!r} in row {row + 1} cannot be parsed")
-    frame[ts] = times
+    frame[ts] = _parse_times(frame[ts], name)
     _check_time_order(frame[ts], name)
     _check_numeric(frame, ts, name)
     if settings.target not in frame.columns:
         raise DataError(f"{name}: no target column {settings.target!r}; set TARGET_COLUMN")
+    if frame[settings.target].isna().all():
+        raise DataError(f"{name}: the target column {settings.target!r} has no values")
     return frame.reset_index(drop=True)
+
+
+UNIX_SECONDS_MAX = 1e11  # year 5138: a larger number is milliseconds or nanoseconds, not seconds
+
+
+def _parse_times(raw: pd.Series, name: str) -> pd.Series:
+    """Timestamps as datetimes; a numeric column holds Unix seconds."""
+    numeric = pd.api.types.is_numeric_dtype(raw)
+    if numeric and raw.abs().max() > UNIX_SECONDS_MAX:
+        raise DataError(f"{name}: numeric timestamps must be Unix seconds; {raw.abs().max():.0f} looks like "
+                        "milliseconds or finer")
+    try:
+        times = pd.to_datetime(raw, unit="s", errors="coerce") if numeric else pd.to_datetime(raw, errors="coerce")
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. mixed UTC offsets
+        raise DataError(f"{name}: timestamps cannot be parsed ({str(exc).splitlines()[0]})") from None
+    if times.isna().any():
+        row = int(times.isna().to_numpy().argmax())
+        value = raw.iloc[row]
+        what = "empty timestamp" if pd.isna(value) else f"timestamp {value!r}"
+        raise DataError(f"{name}: {what} in row {row + 1} cannot be parsed")
+    return times
 
 
 def _check_time_order(times: pd.Series, name: str) -> None:
@@ -150,7 +187,8 @@ def _check_numeric(frame: pd.DataFrame, ts: str, name: str) -> None:
         if not_numeric.any():
             bad.append(f"{column!r} (e.g. {frame[column][not_numeric].iloc[0]!r})")
         else:
-            frame[column] = values.astype("float64")
+            # inf is a broken measurement, not a value: impute it like an empty cell
+            frame[column] = values.astype("float64").replace([np.inf, -np.inf], np.nan)
     if bad:
         raise DataError(f"{name}: non-numeric columns {', '.join(bad)}; drop them with DROP_COLUMNS")
     if len(frame.columns) < 2:
@@ -181,7 +219,7 @@ def add_time_features(frame: pd.DataFrame, ts: str) -> pd.DataFrame:
     """Cyclic encodings so 23:58 sits next to 00:00 and Sunday next to Monday."""
     times = frame[ts]
     minute = times.dt.hour * 60 + times.dt.minute
-    day = times.dt.dayofweek
+    day = times.dt.day_of_week
     frame = frame.copy()
     frame["minute_sin"] = np.sin(2 * np.pi * minute / 1440.0)
     frame["minute_cos"] = np.cos(2 * np.pi * minute / 1440.0)
@@ -209,6 +247,13 @@ def split_by_time(frame: pd.DataFrame, test_fraction: float) -> tuple[pd.DataFra
     if cut < 1 or cut >= len(frame):
         raise DataError(f"{len(frame)} rows are too few to split into train and test")
     return frame.iloc[:cut].reset_index(drop=True), frame.iloc[cut:].reset_index(drop=True)
+
+
+def _check_test_follows(train: pd.DataFrame, test: pd.DataFrame, ts: str, name: str) -> None:
+    """A test file overlapping the training period would score models on training data."""
+    if test[ts].iloc[0] <= train[ts].iloc[-1]:
+        raise DataError(f"{name}: the test data starts at {test[ts].iloc[0]}, not after the training data ends "
+                        f"({train[ts].iloc[-1]})")
 
 
 def to_parquet(frame: pd.DataFrame, config: dict, digest: str) -> bytes:
@@ -278,6 +323,7 @@ def preprocess(store: ObjectStore, request: DatasetReady, settings: PreprocessSe
         if set(test.columns) != set(train.columns):
             raise DataError(f"{request.test_object_key}: columns {sorted(test.columns)} differ from the training file's {sorted(train.columns)}")
         test = test[train.columns]
+        _check_test_follows(train, test, settings.timestamp_column, request.test_object_key)
     else:
         train, test = split_by_time(frame, settings.test_fraction)
     train, test = transform(train, test, settings)

@@ -17,6 +17,7 @@ from flts import routing
 from flts.events import EventError
 from flts.logs import log
 from flts.settings import Env
+from flts.storage import InvalidKey
 
 Handler = Callable[[object, Env], list]
 
@@ -67,14 +68,20 @@ class EmbeddedRouter:
     def _subscribers(self, event_type: str) -> list[routing.Deployment]:
         return [d for d in self.deployments if event_type in d.subscribes]
 
+    def _handler(self, spec: str) -> Handler:
+        if spec not in self._handlers:
+            self._handlers[spec] = load_handler(spec)
+        return self._handlers[spec]
+
     def _deliver(self, deployment: routing.Deployment, event) -> None:
-        handler = self._handlers.get(deployment.handler) or self._handlers.setdefault(
-            deployment.handler, load_handler(deployment.handler))
         started = time.perf_counter()
         try:
-            emitted = handler(event, {**self.env, **deployment.env}) or []
+            # Loading inside the try: a deployment whose code is missing dead-letters, the bus goes on.
+            emitted = self._handler(deployment.handler)(event, {**self.env, **deployment.env}) or []
+            for out in emitted:  # refuse the whole output before any of it is published
+                routing.topic_of(out["type"])
             error = None
-        except EventError as exc:  # bad input: nothing to retry
+        except (EventError, InvalidKey) as exc:  # bad input: nothing to retry
             emitted, error = [], f"rejected: {exc}"
         except Exception as exc:  # noqa: BLE001 - a dead letter, not a crash of the bus
             emitted, error = [], f"{type(exc).__name__}: {exc}"

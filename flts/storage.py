@@ -55,7 +55,7 @@ def validate_key(key: str) -> str:
         raise InvalidKey(f"object key is longer than {MAX_KEY_LENGTH} characters")
     if key.startswith("/") or key.startswith("\\"):
         raise InvalidKey(f"object key {key!r} must be relative (no leading '/')")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+    if any(ord(ch) < 32 or 127 <= ord(ch) <= 159 for ch in key):  # C0, DEL and C1 controls
         raise InvalidKey(f"object key {key!r} contains control characters")
     if "\\" in key:
         raise InvalidKey(f"object key {key!r} contains a backslash")
@@ -103,15 +103,19 @@ class FileStore:
         path = self._path(bucket, key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)  # a failed write leaves no partial object behind
+            raise
 
     def get_bytes(self, bucket, key):
         path = self._path(bucket, key)
         try:
             return path.read_bytes()
-        except (FileNotFoundError, IsADirectoryError):
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectNotFound(bucket, key) from None
 
     def exists(self, bucket, key):

@@ -22,6 +22,12 @@ def make_windows(features: np.ndarray, target: np.ndarray, input_len: int, outpu
     features: [rows, n_features]; target: [rows]. Returns X [N, input_len, n_features] and
     Y [N, output_len] as float32 views-turned-copies (contiguous for torch and ONNX Runtime).
     """
+    features, target = np.asarray(features), np.asarray(target)
+    if features.ndim != 2 or target.ndim != 1:
+        raise WindowError(f"features must be [rows, n_features] and target [rows], got shapes "
+                          f"{features.shape} and {target.shape}")
+    if len(features) != len(target):
+        raise WindowError(f"features have {len(features)} rows but the target has {len(target)}")
     if input_len < 1 or output_len < 1:
         raise WindowError(f"window lengths must be >= 1 (input {input_len}, output {output_len})")
     n = window_count(len(features), input_len, output_len)

@@ -1,0 +1,221 @@
+"""The HTTP face of the functions: functions-framework's test client on functions/preprocess/main.py.
+
+Status codes are the retry contract: 400 bad event (dead-letter), 413 too big, 422 the claimed
+object is missing, 5xx retryable.
+"""
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+
+import flask
+import functions_framework
+import orjson
+import pytest
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent, from_http
+
+from flts import events
+from flts.events import MAX_EVENT_BYTES
+from flts.function_http import BATCH_CONTENT_TYPE, serve_events
+from flts.storage import FileStore
+
+REPO_SOURCE = "functions/preprocess/main.py"
+CSV = b"time,down,up\n" + b"".join(f"2020-01-01 00:{m:02d},{m},{m * 2}\n".encode() for m in range(0, 40, 2))
+READY = {"bucket": "raw-data", "object_key": "site/site.csv", "identifier": "site"}
+CE_HEADERS = {"ce-specversion": "1.0", "ce-type": events.DATASET_READY, "ce-source": "/test", "ce-id": "1",
+              "Content-Type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def client(repo):
+    app = functions_framework.create_app(target="preprocess", source=str(repo / REPO_SOURCE))
+    return app.test_client()
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> FileStore:
+    """The function reads os.environ: point it at a private object dir and clear knobs that would interfere."""
+    for name in ("K_SINK", "S3_ENDPOINT", "EMIT_INFERENCE_DATA", "FORCE_REPROCESS", "MAX_UPLOAD_BYTES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("FLTS_OBJECT_DIR", str(tmp_path / "objects"))
+    store = FileStore(tmp_path / "objects")
+    store.put_bytes("raw-data", "site/site.csv", CSV)
+    return store
+
+
+def post_binary(client, data: dict, event_type: str = events.DATASET_READY):
+    return client.post("/", data=orjson.dumps(data), headers=CE_HEADERS | {"ce-type": event_type})
+
+
+def assert_training_data_reply(response, store: FileStore):
+    assert response.status_code == 200, response.data
+    assert response.headers["ce-type"] == events.TRAINING_DATA  # a binary-mode CloudEvent reply
+    assert response.headers["ce-source"] == "/flts/preprocess"
+    assert response.headers["ce-subject"] == "site"
+    assert response.headers["Content-Type"] == "application/json"
+    reply = from_http(dict(response.headers), response.data)
+    claim = events.parse_data(reply, (events.TRAINING_DATA,))
+    assert claim.rows == 16 and claim.test_rows == 4
+    assert store.exists(claim.bucket, claim.object_key) and store.exists(claim.bucket, claim.test_object_key)
+    return claim
+
+
+def test_binary_cloudevent_gets_a_training_data_reply(client, store):
+    assert_training_data_reply(post_binary(client, READY), store)
+
+
+def test_structured_cloudevent_gets_the_same_reply(client, store):
+    headers, body = to_structured(events.make_event(events.DATASET_READY, "test", READY))
+    first = assert_training_data_reply(client.post("/", data=body, headers=headers), store)
+    assert headers["content-type"] == "application/cloudevents+json"
+    headers, body = to_binary(events.make_event(events.DATASET_READY, "test", READY))
+    again = assert_training_data_reply(client.post("/", data=body, headers=headers), store)
+    assert again.config_hash == first.config_hash  # the redelivery is idempotent
+
+
+def test_two_outputs_come_as_a_batch(client, store, monkeypatch):
+    monkeypatch.setenv("EMIT_INFERENCE_DATA", "1")
+    response = post_binary(client, READY)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == BATCH_CONTENT_TYPE
+    batch = orjson.loads(response.data)
+    assert [e["type"] for e in batch] == [events.TRAINING_DATA, events.INFERENCE_DATA]
+    assert batch[0]["data"]["config_hash"] == batch[1]["data"]["config_hash"]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"bucket": "raw-data", "identifier": "site"}, "flts.dataset.ready: missing field 'object_key'"),
+    (READY | {"bucket": 7}, "flts.dataset.ready: field 'bucket': "),
+    (READY | {"object_key": "../secret"}, "object key '../secret' contains a '.' or '..' path segment"),
+    ([1, 2], "data must be a JSON object, got list"),
+])
+def test_malformed_event_data_is_400_naming_the_problem(client, store, data, message):
+    response = post_binary(client, data)
+    assert response.status_code == 400
+    assert message in orjson.loads(response.data)["error"]
+    assert list(store.list_keys("processed-data")) == []
+
+
+@pytest.mark.parametrize("body, headers", [
+    (b"{}", {"Content-Type": "application/json"}),  # no CloudEvent attributes at all
+    (b"not json", {"Content-Type": "application/cloudevents+json"}),
+    (orjson.dumps({"type": events.DATASET_READY, "source": "/t", "id": "1", "data": READY}),
+     {"Content-Type": "application/cloudevents+json"}),  # no specversion
+])
+def test_not_a_cloudevent_is_400(client, store, body, headers):
+    response = client.post("/", data=body, headers=headers)
+    assert response.status_code == 400
+    assert orjson.loads(response.data)["error"].startswith("not a valid CloudEvent:")
+
+
+def test_unknown_type_is_400(client, store):
+    response = post_binary(client, READY, event_type="flts.bogus")
+    assert response.status_code == 400
+    assert "event type 'flts.bogus' is not handled here" in orjson.loads(response.data)["error"]
+
+
+def test_missing_object_is_422_naming_it(client, store):
+    response = post_binary(client, READY | {"object_key": "site/gone.csv"})
+    assert response.status_code == 422
+    assert orjson.loads(response.data) == {"error": "object not found: raw-data/site/gone.csv"}
+
+
+def test_bad_dataset_is_400_naming_the_problem(client, store):
+    store.put_bytes("raw-data", "site/dup.csv", b"time,down\n2020-01-01 00:00,1\n2020-01-01 00:00,2\n")
+    response = post_binary(client, READY | {"object_key": "site/dup.csv"})
+    assert response.status_code == 400
+    assert orjson.loads(response.data)["error"] == "site/dup.csv: duplicate timestamp 2020-01-01 00:00:00 in row 2"
+
+
+def test_a_body_over_the_limit_is_413(client, store):
+    big = READY | {"padding": "x" * MAX_EVENT_BYTES}
+    response = post_binary(client, big)
+    assert response.status_code == 413
+    assert f"over the limit of {MAX_EVENT_BYTES}" in orjson.loads(response.data)["error"]
+
+
+# ---------------------------------------------------------------- K_SINK (Knative SinkBinding)
+
+@pytest.fixture
+def sink():
+    """A real HTTP server on 127.0.0.1 that records what it receives; stopped after the test."""
+    received = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((dict(self.headers), body))
+            self.send_response(202)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/", received
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+def test_outputs_go_to_k_sink_when_set(client, store, sink, monkeypatch):
+    url, received = sink
+    monkeypatch.setenv("K_SINK", url)
+    response = post_binary(client, READY)
+    assert response.status_code == 202 and response.data == b""
+    [(headers, body)] = received
+    event = from_http({k.lower(): v for k, v in headers.items()}, body)
+    assert event["type"] == events.TRAINING_DATA and event.data["identifier"] == "site"
+
+
+def test_an_unreachable_sink_is_502(client, store, monkeypatch):
+    with socket.socket() as probe:  # a port nobody listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("K_SINK", f"http://127.0.0.1:{port}/")
+    response = post_binary(client, READY)
+    assert response.status_code == 502
+    assert "cannot deliver the output to K_SINK" in orjson.loads(response.data)["error"]
+
+
+# ---------------------------------------------------------------- serve_events with other handlers
+
+def app_with(handler) -> flask.testing.FlaskClient:
+    app = flask.Flask("test")
+    app.add_url_rule("/", "event", lambda: serve_events(flask.request, handler, env={}), methods=["POST"])
+    return app.test_client()
+
+
+def test_an_unexpected_failure_is_500_and_retryable():
+    def handler(event, env):
+        raise OSError("the disk is full")
+
+    response = app_with(handler).post("/", data=orjson.dumps(READY), headers=CE_HEADERS)
+    assert response.status_code == 500
+    assert orjson.loads(response.data) == {"error": "OSError: the disk is full"}
+
+
+def test_no_output_is_202_without_a_body():
+    seen = []
+
+    def handler(event, env):
+        seen.append((event["type"], event.data))
+        return []
+
+    response = app_with(handler).post("/", data=orjson.dumps(READY), headers=CE_HEADERS)
+    assert response.status_code == 202 and response.data == b""
+    assert seen == [(events.DATASET_READY, READY)]
+
+
+def test_handler_gets_the_event_as_sent():
+    event = CloudEvent({"type": events.MODEL_TRAINING, "source": "/flts/train", "subject": "s"},
+                       {"status": "RUNNING", "model_type": "GRU", "config_hash": "0123456789", "identifier": "s"})
+    headers, body = to_binary(event)
+    got = []
+    response = app_with(lambda e, env: got.append(e) or []).post("/", data=body, headers=headers)
+    assert response.status_code == 202
+    assert got[0]["id"] == event["id"] and got[0].data == event.data
