@@ -30,6 +30,13 @@ $(VENV)/.installed-test: pyproject.toml | $(UV)
 	$(UV) pip install --quiet --python $(BIN)/python -e '.[dev]'
 	touch $@ $(VENV)/.installed-demo
 
+# Benchmarks print figures (not tests): serving throughput/latency/cold start, accuracy, stack.
+bench: venv-test infra
+	$(BIN)/flts bench
+
+lint: venv-test
+	$(BIN)/ruff check flts functions eventing tests benchmarks loadtest
+
 # Kafka jars, the S3 server and PostgreSQL: installed once, cached in ~/.cache/flts.
 infra:
 	bash infra/install.sh

@@ -86,20 +86,32 @@ install_versitygw() {
     fi
 }
 
+# ---------------------------------------------------------------- Debian packages
+apt_install() {  # apt_install PACKAGE: install one Debian package (apt-get update only when needed)
+    local pkg=$1
+    command -v apt-get >/dev/null 2>&1 || die "$pkg is missing and apt-get is not available"
+    [[ "$(id -u)" == 0 ]] || die "$pkg is missing: run as root or 'sudo apt-get install -y $pkg'"
+    say "$pkg: installing Debian package ..."
+    export DEBIAN_FRONTEND=noninteractive
+    if ! apt-cache policy "$pkg" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+        apt-get update -qq
+    fi
+    apt-get install -y -qq "$pkg" >/dev/null || die "apt-get install $pkg failed"
+}
+
+# wrk: the load generator of `flts bench` (Apache-2.0; k6 is AGPL and never installed here)
+install_wrk() {
+    if command -v wrk >/dev/null 2>&1; then say "wrk: present"; return; fi
+    apt_install wrk
+}
+
 # ---------------------------------------------------------------- PostgreSQL
 install_postgres() {
     local found
     found="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | while read -r d; do
         [[ -x "$d/initdb" && -x "$d/pg_ctl" ]] && echo "$d"; done | tail -1)"
     if [[ -n "$found" ]]; then say "postgres: present ($found)"; return; fi
-    command -v apt-get >/dev/null 2>&1 || die "PostgreSQL server is missing and apt-get is not available"
-    [[ "$(id -u)" == 0 ]] || die "PostgreSQL server is missing: run as root or 'sudo apt-get install -y postgresql'"
-    say "postgres: installing Debian package postgresql ..."
-    export DEBIAN_FRONTEND=noninteractive
-    if ! apt-cache policy postgresql 2>/dev/null | grep -q 'Candidate: [0-9]'; then
-        apt-get update -qq
-    fi
-    apt-get install -y -qq postgresql >/dev/null || die "apt-get install postgresql failed"
+    apt_install postgresql
     # The Debian package may create and start a system cluster: we never use it.
     say "postgres: installed ($(ls -d /usr/lib/postgresql/*/bin | tail -1))"
 }
@@ -110,5 +122,6 @@ if [[ -z "${FLTS_SKIP_S3:-}" ]]; then
     if [[ "${FLTS_S3_SERVER:-}" == s3proxy ]]; then install_s3proxy; else install_versitygw; fi
 fi
 [[ -n "${FLTS_SKIP_POSTGRES:-}" ]] || install_postgres
+[[ -n "${FLTS_SKIP_WRK:-}" ]] || install_wrk
 ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 say "infra: installed in $((ms / 1000)).$(( (ms % 1000) / 100 ))s (cache $CACHE)"

@@ -1,0 +1,13 @@
+"""The inference benchmark; the same as `flts bench` (see flts/serving/bench.py).
+
+    .venv/bin/python benchmarks/infer_bench.py [--workers 2] [--seconds 10] [--store file|s3]
+"""
+import argparse
+import sys
+
+from flts.serving import bench
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="inference function benchmark")
+    bench.add_arguments(parser)
+    sys.exit(bench.main(parser.parse_args()))
