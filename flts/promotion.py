@@ -10,8 +10,8 @@ Eval writes them; infer resolves `current.json` → `global/current.json` →
 from __future__ import annotations
 
 from flts.events import PromotionPointer
-from flts.storage import ObjectNotFound, ObjectStore, get_json
 from flts.settings import Env, env_str
+from flts.storage import ObjectNotFound, ObjectStore, get_json
 
 GLOBAL = "global"
 

@@ -1,0 +1,16 @@
+"""Eval function: `flts.model-training` in, `flts.model-selected` out (once all model types finished).
+
+Run locally:  functions-framework --source functions/eval/main.py --target eval_function --port 8083
+"""
+import functions_framework
+
+from flts.evaluate import handle
+from flts.function_http import serve_events
+from flts.logs import set_component
+
+set_component("eval")
+
+
+@functions_framework.http
+def eval_function(request):
+    return serve_events(request, handle)
