@@ -1,0 +1,355 @@
+"""The dispatcher against real Kafka and a real function process (functions-framework).
+
+Each test gets its own topics (`t-<hex>-in`, `-out`, `dlq-t-<hex>-in`) and its own consumer
+group, so the session's Kafka is shared without one test seeing another's events. The
+function under test is a tiny functions-framework @http function written to a temp dir
+and served in a subprocess; the event data steers it (fail with a status, be slow the
+first time), and it records every delivery and, idempotently, every processed event id.
+The dispatcher runs in the test process (started and stopped by each test).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from cloudevents.conversion import to_binary, to_structured
+from cloudevents.http import CloudEvent
+
+from flts import events, infra as fi, routing, stack
+from flts.dispatcher import Dispatcher, DispatchSettings, EventProducer, Routes, Subscription
+
+pytestmark = [
+    pytest.mark.stack,
+    # kafka-python 3.0 loads its protocol schemas with importlib.resources' legacy API
+    pytest.mark.filterwarnings("ignore:read_text is deprecated:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:open_text is deprecated:DeprecationWarning"),
+]
+
+FUNCTION_SOURCE = '''
+"""Test function: answers `test.ping` with `test.pong` {"in": <id>}; data steers it:
+{"status": 503, "retry_after": 1} answers that status; {"slow_first": s} sleeps the first time;
+{"reply_type": t} answers with an event of type t."""
+import json
+import os
+import time
+from pathlib import Path
+
+import functions_framework
+from cloudevents.conversion import to_binary
+from cloudevents.http import CloudEvent, from_http
+
+STATE = Path(os.environ["FN_STATE"])
+
+
+def append(name, line):
+    with open(STATE / name, "a") as fh:
+        fh.write(line + "\\n")
+
+
+def first_time(event_id):
+    """The idempotent side effect: an O_EXCL marker per event id."""
+    (STATE / "done").mkdir(exist_ok=True)
+    try:
+        os.close(os.open(STATE / "done" / event_id, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+@functions_framework.http
+def fn(request):
+    if request.method == "GET":
+        return "ok"
+    event = from_http(dict(request.headers), request.get_data())
+    data = event.data or {}
+    append("deliveries.log", json.dumps({"id": event["id"], "t": time.time()}))
+    if "status" in data:
+        headers = {"Retry-After": str(data["retry_after"])} if "retry_after" in data else {}
+        return json.dumps({"error": "asked to fail"}), data["status"], headers
+    if first_time(event["id"]):
+        append("processed.log", event["id"])
+        time.sleep(data.get("slow_first", 0))
+    attributes = {"type": data.get("reply_type", "test.pong"), "source": "/test/fn",
+                  "subject": event.get("subject") or "t", "datacontenttype": "application/json"}
+    reply = CloudEvent(attributes, {"in": event["id"]})
+    headers, body = to_binary(reply)
+    return body, 200, headers
+'''
+
+
+# --------------------------------------------------------------------------- helpers
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FunctionProcess:
+    """The test function in its own functions-framework process (own session, so it can be killed whole)."""
+
+    def __init__(self, workdir: Path, port: int | None = None):
+        self.state = workdir / "state"
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.source = workdir / "main.py"
+        self.source.write_text(FUNCTION_SOURCE)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log = workdir / "function.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "FunctionProcess":
+        command = stack.functions_framework_command(self.source, self.port)
+        env = {**os.environ, "FN_STATE": str(self.state), "THREADS": "4"}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not stack.http_ok(self.url):
+            assert self.proc.poll() is None, f"function exited: {self.log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, "function did not answer within 60s"
+            time.sleep(0.1)
+        return self
+
+    def kill(self, sig=signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=20)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+    def lines(self, name: str) -> list[str]:
+        path = self.state / name
+        return path.read_text().splitlines() if path.exists() else []
+
+    def deliveries(self, event_id: str) -> list[float]:
+        return [d["t"] for d in map(json.loads, self.lines("deliveries.log")) if d["id"] == event_id]
+
+
+def ping(**data) -> CloudEvent:
+    return CloudEvent({"type": "test.ping", "source": "/test", "subject": "t", "datacontenttype": "application/json"},
+                      data)
+
+
+class Bus:
+    """A test's own topics, routes and Kafka clients."""
+
+    def __init__(self, cfg: fi.InfraConfig, url: str):
+        tag = uuid.uuid4().hex[:10]
+        self.bootstrap = fi.kafka_bootstrap(cfg)
+        self.inbox, self.outbox = f"t-{tag}-in", f"t-{tag}-out"
+        self.dlq = routing.dlq_topic(self.inbox)
+        self.deployment = f"fn-{tag}"
+        self.group = f"flts-{self.deployment}"
+        fi.create_topics(cfg, [self.inbox, self.outbox, self.dlq])
+        self.routes = Routes({"test.ping": self.inbox, "test.pong": self.outbox},
+                             (Subscription(self.deployment, url, ("test.ping",), (self.inbox,)),))
+        self.producer = EventProducer(self.bootstrap, client_id="test-producer")
+        self.dispatchers: list[Dispatcher] = []
+
+    def dispatcher(self, **settings) -> Dispatcher:
+        options = dict(max_retries=3, backoff_base=0.05, backoff_max=0.2, timeout=20.0, connect_timeout=1.0)
+        options.update(settings)
+        d = Dispatcher(DispatchSettings(self.bootstrap, ingress_port=0, **options), self.routes).start()
+        self.dispatchers.append(d)
+        return d
+
+    def send(self, event) -> None:
+        self.producer.send_event(self.inbox, event)
+
+    def read(self, topic: str, count: int, timeout: float = 60.0) -> list:
+        """The first `count` records of a topic (waits up to `timeout`)."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        try:
+            tp = TopicPartition(topic, 0)
+            consumer.assign([tp])
+            consumer.seek_to_beginning(tp)
+            records, deadline = [], time.monotonic() + timeout
+            while len(records) < count and time.monotonic() < deadline:
+                for batch in consumer.poll(timeout_ms=300).values():
+                    records.extend(batch)
+            return records
+        finally:
+            consumer.close(autocommit=False)
+
+    def replies(self, count: int, timeout: float = 60.0) -> list[dict]:
+        return [orjson.loads(r.value) for r in self.read(self.outbox, count, timeout)]
+
+    def dead_letters(self, count: int, timeout: float = 60.0) -> list[dict]:
+        return [orjson.loads(r.value) for r in self.read(self.dlq, count, timeout)]
+
+    def committed(self) -> int | None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=self.group, enable_auto_commit=False)
+        try:
+            return consumer.committed(TopicPartition(self.inbox, 0))
+        finally:
+            consumer.close(autocommit=False)
+
+    def close(self) -> None:
+        for d in self.dispatchers:
+            d.stop()
+        self.producer.close()
+
+
+@pytest.fixture
+def function(tmp_path):
+    fn = FunctionProcess(tmp_path / "fn").start()
+    yield fn
+    fn.stop()
+
+
+@pytest.fixture
+def bus(infra, function):
+    b = Bus(infra, function.url)
+    yield b
+    b.close()
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- tests
+def test_round_trip_through_kafka_function_and_back(bus, function):
+    bus.dispatcher()
+    event = ping()
+    bus.send(event)
+    [reply] = bus.replies(1)
+    assert reply == {"in": event["id"]}
+    record = bus.read(bus.outbox, 1)[0]
+    assert dict(record.headers)["ce_type"] == b"test.pong"  # replies are written in binary mode too
+    assert function.lines("processed.log") == [event["id"]]
+    wait_for(lambda: bus.committed() == 1, what="offset commit")
+
+
+def test_offset_committed_only_after_success_redelivered_after_kill(bus, function):
+    first = bus.dispatcher(max_retries=10_000)  # keeps retrying while the function is down
+    event = ping(slow_first=60)
+    bus.send(event)
+    # the side effect is done, the answer not yet sent: kill the function mid-delivery
+    wait_for(lambda: function.lines("processed.log") == [event["id"]], what="first processing")
+    function.kill()
+    time.sleep(1.0)  # the dispatcher now sees connection errors and retries
+    assert first.loops[0].is_alive()
+    assert bus.committed() in (None, 0), "offset committed although no 2xx came back"
+    first.stop()  # a dispatcher restart: the record must come again from Kafka
+    assert bus.committed() in (None, 0)
+
+    function.start()  # same port, same state
+    bus.dispatcher()
+    [reply] = bus.replies(1)
+    assert reply == {"in": event["id"]}
+    assert len(function.deliveries(event["id"])) >= 2, "the event was not delivered again"
+    assert function.lines("processed.log") == [event["id"]], "the idempotent side effect ran twice"
+    wait_for(lambda: bus.committed() == 1, what="offset commit after success")
+
+
+def test_retry_then_dead_letter_on_repeated_503(bus, function):
+    bus.dispatcher(max_retries=3)
+    failing, after = ping(status=503), ping()
+    bus.send(failing)
+    bus.send(after)
+    [letter] = bus.dead_letters(1)
+    assert letter["event"]["id"] == failing["id"] and letter["event"]["data"] == {"status": 503}
+    assert letter["attempts"] == 4 and letter["status"] == 503
+    assert letter["function"] == bus.deployment and "503" in letter["error"] and letter["timestamp"]
+    assert (letter["topic"], letter["offset"]) == (bus.inbox, 0)
+    assert len(function.deliveries(failing["id"])) == 4  # the first try and 3 retries
+    assert bus.replies(1) == [{"in": after["id"]}]  # the next event still flows
+    wait_for(lambda: bus.committed() == 2, what="both offsets committed")
+
+
+def test_retry_after_is_honoured(bus, function):
+    bus.dispatcher(max_retries=1, backoff_base=0.01, backoff_max=0.01)
+    event = ping(status=429, retry_after=2)
+    bus.send(event)
+    [letter] = bus.dead_letters(1)
+    assert letter["status"] == 429 and letter["attempts"] == 2
+    t1, t2 = function.deliveries(event["id"])
+    assert t2 - t1 >= 1.9, f"retried after {t2 - t1:.2f}s although Retry-After said 2s"
+
+
+def test_poison_event_goes_to_dlq_at_once_and_next_events_flow(bus, function):
+    bus.dispatcher(max_retries=5)
+    poison, good1, good2 = ping(status=400), ping(), ping()
+    for event in (poison, good1, good2):
+        bus.send(event)
+    assert bus.replies(2) == [{"in": good1["id"]}, {"in": good2["id"]}]
+    [letter] = bus.dead_letters(1)
+    assert letter["event"]["id"] == poison["id"] and letter["attempts"] == 1 and letter["status"] == 400
+    assert len(function.deliveries(poison["id"])) == 1  # not retried
+
+
+def test_reply_that_cannot_be_routed_dead_letters_the_input(bus, function):
+    bus.dispatcher()
+    odd, good = ping(reply_type="test.nobody"), ping()
+    bus.send(odd)
+    bus.send(good)
+    assert bus.replies(1) == [{"in": good["id"]}]
+    [letter] = bus.dead_letters(1)
+    assert letter["event"]["id"] == odd["id"] and letter["status"] == 200
+    assert letter["error"].startswith("bad reply: no topic for event type 'test.nobody'")
+
+
+def test_malformed_messages_go_to_dlq_and_never_block(bus, function):
+    dispatcher = bus.dispatcher()
+    bus.producer.send_raw(bus.inbox, b"definitely not an event", b"k")
+    unknown = CloudEvent({"type": "test.unknown", "source": "/test", "datacontenttype": "application/json"}, {})
+    bus.send(unknown)
+    structured = ping()  # structured content mode is read too
+    headers, body = to_structured(structured)
+    bus.producer.send_raw(bus.inbox, body, None, [("content-type", headers["content-type"].encode())])
+    assert bus.replies(1) == [{"in": structured["id"]}]
+    garbage, wrong_type = bus.dead_letters(2)
+    assert garbage["event"] is None and garbage["raw"] == "definitely not an event"
+    assert "not a CloudEvent" in garbage["error"] and garbage["attempts"] == 0
+    assert wrong_type["event"]["id"] == unknown["id"] and "test.unknown" in wrong_type["error"]
+    assert function.deliveries(unknown["id"]) == []
+    assert dispatcher.loops[0].is_alive() and dispatcher.health()["consumers"][bus.deployment]["dead_lettered"] == 2
+
+
+def test_ingress_writes_events_to_the_topic_of_their_type(infra, tmp_path):
+    bus = Bus(infra, "http://127.0.0.1:9/")  # no consumer needed: only the ingress is under test
+    bus.routes = Routes({**bus.routes.topics, events.DATASET_READY: bus.inbox}, ())
+    dispatcher = bus.dispatcher()
+    try:
+        url = dispatcher.ingress_url
+        pong = CloudEvent({"type": "test.pong", "source": "/t", "datacontenttype": "application/json"}, {"n": 1})
+        headers, body = to_binary(pong)
+        answer = httpx.post(url, headers=headers, content=body, trust_env=False)
+        assert answer.status_code == 202 and answer.json()["accepted"][0]["topic"] == bus.outbox
+        batch = [orjson.loads(to_structured(ping(n=i))[1]) for i in (2, 3)]
+        batch[1]["type"] = "test.pong"
+        answer = httpx.post(url, headers={"content-type": "application/cloudevents-batch+json"},
+                            content=orjson.dumps(batch), trust_env=False)
+        assert answer.status_code == 202 and len(answer.json()["accepted"]) == 2
+        assert [r["n"] for r in bus.replies(2)] == [1, 3]
+
+        unknown = CloudEvent({"type": "test.nobody", "source": "/t"}, {})
+        answer = httpx.post(url, headers=to_binary(unknown)[0], content=to_binary(unknown)[1], trust_env=False)
+        assert answer.status_code == 400 and "no topic for event type 'test.nobody'" in answer.json()["error"]
+        broken = CloudEvent({"type": events.DATASET_READY, "source": "/t", "datacontenttype": "application/json"},
+                            {"bucket": "raw-data"})
+        answer = httpx.post(url, headers=to_binary(broken)[0], content=to_binary(broken)[1], trust_env=False)
+        assert answer.status_code == 400 and "missing field 'object_key'" in answer.json()["error"]
+        assert httpx.post(url, content=b"{}", trust_env=False).status_code == 400
+        assert httpx.get(url + "healthz", trust_env=False).status_code == 200
+    finally:
+        bus.close()

@@ -1,0 +1,180 @@
+"""The local full stack: function processes, the dispatcher, `flts up/down/status/upload`.
+
+The full-stack test runs the real preprocess function as its own functions-framework
+process behind the real dispatcher, on the session's Kafka and S3 server, with the real
+PobleSec data; the others check planning, entry-point discovery and error messages.
+"""
+from __future__ import annotations
+
+import io
+import json
+import socket
+import time
+import uuid
+
+import pyarrow.parquet as pq
+import pytest
+
+from flts import cli, events, infra as fi, routing, stack
+from flts.dispatcher import event_from_kafka
+from flts.storage import InvalidKey, store_from_env
+
+# kafka-python 3.0 loads its protocol schemas with importlib.resources' legacy API
+KAFKA_WARNINGS = ("ignore:read_text is deprecated:DeprecationWarning",
+                  "ignore:open_text is deprecated:DeprecationWarning")
+
+
+@pytest.fixture
+def offline_cfg(tmp_path):
+    """A stack config on a private state dir; nothing is started."""
+    base = stack.free_port_block(len(routing.DEPLOYMENTS) + 1)
+    return stack.StackConfig(infra=fi.InfraConfig(state_dir=tmp_path / "state"), function_base_port=base + 1,
+                             dispatcher_port=base)
+
+
+# --------------------------------------------------------------------------- no services
+def test_plan_gives_every_deployment_its_process_port_and_env(offline_cfg):
+    procs = stack.plan(offline_cfg)
+    functions = [p for p in procs if p.kind == "function"]
+    assert [p.name for p in functions] == [f"fn-{d.name}" for d in routing.DEPLOYMENTS]
+    assert [p.port for p in functions] == [offline_cfg.function_base_port + i for i in range(len(functions))]
+    by_name = {p.name: p for p in procs}
+    for model in routing.MODEL_TYPES:
+        assert by_name[f"fn-train-{model.lower()}"].env["MODEL_TYPE"] == model
+    for p in functions:
+        assert p.env["K_SINK"] == offline_cfg.ingress_url
+        assert p.env["KAFKA_BOOTSTRAP_SERVERS"] == fi.kafka_bootstrap(offline_cfg.infra)
+        assert p.env["S3_ENDPOINT"] and p.env["MLFLOW_TRACKING_URI"]
+    pre = by_name["fn-preprocess"]
+    assert pre.missing is None and pre.command[-6:] == ["--target", "preprocess", "--host", "127.0.0.1", "--port",
+                                                        str(pre.port)]
+    assert by_name["fn-infer"].command[1:4] == ["-m", "flts.serving", "serve"]  # the COMMANDS hook
+    dispatcher = by_name["dispatcher"]
+    targets = dispatcher.env["DISPATCH_TARGETS"].split(",")
+    present = [p for p in functions if p.missing is None]
+    assert targets == [f"{p.name[3:]}={p.url}" for p in present]  # absent functions get no consumer
+    assert dispatcher.env["DISPATCH_INGRESS_PORT"] == str(offline_cfg.dispatcher_port)
+
+
+def test_plan_refuses_unknown_deployments(offline_cfg):
+    with pytest.raises(stack.ConfigError, match="unknown deployment"):
+        stack.plan(offline_cfg, ["preprocess", "nope"])
+
+
+@pytest.mark.parametrize("source, entry", [
+    ("import functions_framework\n@functions_framework.http\ndef handler(request):\n    pass\n", ("handler", False)),
+    ("from functions_framework import aio\n@aio.http\nasync def infer(request):\n    pass\n", ("infer", True)),
+    ("import functions_framework.aio as a\n@functions_framework.aio.cloud_event\nasync def f(e):\n    pass\n",
+     ("f", True)),
+])
+def test_entry_point_discovery(tmp_path, source, entry):
+    path = tmp_path / "main.py"
+    path.write_text(source)
+    assert stack.find_entry(path) == stack.Entry(*entry)
+
+
+def test_entry_point_discovery_names_the_problem(tmp_path):
+    path = tmp_path / "main.py"
+    path.write_text("def plain(request):\n    pass\n")
+    with pytest.raises(stack.StackError, match="found none"):
+        stack.find_entry(path)
+    assert stack.find_entry(stack.FUNCTIONS_DIR / "preprocess" / "main.py").target == "preprocess"
+
+
+def test_port_in_use_is_reported_clearly(offline_cfg):
+    proc = next(p for p in stack.plan(offline_cfg) if p.name == "fn-preprocess")
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", proc.port))
+        blocker.listen()
+        with pytest.raises(stack.StackError, match=f"port {proc.port} is in use.*FLTS_FUNCTION_BASE_PORT"):
+            stack.start_process(offline_cfg, proc)
+    assert stack.running_pid(offline_cfg, proc.name) is None
+
+
+def test_upload_refuses_bad_input_before_touching_anything(offline_cfg, lte_dir, tmp_path):
+    with pytest.raises(stack.StackError, match="no such file"):
+        stack.upload(offline_cfg, tmp_path / "absent.csv")
+    with pytest.raises(InvalidKey, match=r"'\.\.'"):
+        stack.upload(offline_cfg, lte_dir / "PobleSec.csv", identifier="..")
+
+
+def test_status_cli_when_nothing_runs(offline_cfg, monkeypatch, capsys):
+    monkeypatch.setenv("FLTS_STATE", str(offline_cfg.infra.state_dir))
+    for name, port in (("FLTS_KAFKA_PORT", 1), ("FLTS_S3_PORT", 3), ("FLTS_PG_PORT", 4), ("FLTS_MLFLOW_PORT", 5)):
+        monkeypatch.setenv(name, str(offline_cfg.dispatcher_port + 100 + port))
+    monkeypatch.setenv("FLTS_FUNCTION_BASE_PORT", str(offline_cfg.function_base_port))
+    monkeypatch.setenv("FLTS_DISPATCHER_PORT", str(offline_cfg.dispatcher_port))
+    assert cli.main(["status", "--json"]) == 3
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["kafka"]["state"] == "stopped" and rows["dispatcher"]["state"] == "stopped"
+    assert rows["fn-preprocess"]["url"] == f"http://127.0.0.1:{offline_cfg.function_base_port}/"
+    assert cli.main(["down", "--keep-infra"]) == 0
+    assert "nothing was running" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- the real stack
+def _claim_for(bootstrap: str, identifier: str, timeout: float = 180.0):
+    """The first `flts.training-data` event on its topic whose subject is `identifier`."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    tp = TopicPartition(routing.topic_of(events.TRAINING_DATA), 0)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    event = event_from_kafka(record.headers, record.value)
+                    if event["subject"] == identifier:
+                        return event, record
+        raise AssertionError(f"no training-data claim for {identifier} within {timeout:.0f}s")
+    finally:
+        consumer.close(autocommit=False)
+
+
+@pytest.mark.stack
+@pytest.mark.filterwarnings(KAFKA_WARNINGS[0])
+@pytest.mark.filterwarnings(KAFKA_WARNINGS[1])
+def test_preprocess_through_the_full_stack_on_poblesec(infra, lte_dir, monkeypatch):
+    base = stack.free_port_block(len(routing.DEPLOYMENTS) + 1)
+    cfg = stack.StackConfig(infra=infra, function_base_port=base + 1, dispatcher_port=base)
+    # a group of our own: events other tests left on dataset-ready are not ours to process
+    monkeypatch.setenv("DISPATCH_GROUP_PREFIX", f"test-{uuid.uuid4().hex[:8]}-")
+    identifier = f"PobleSec-{uuid.uuid4().hex[:8]}"
+    group_pids: set[int] = set()
+    try:
+        first = stack.up(cfg, ["preprocess", "eval"], with_infra=False)
+        assert [p.name for p in first] == ["fn-preprocess", "fn-eval", "dispatcher"]
+        before = {p.name: stack.running_pid(cfg, p.name) for p in first}
+        # a smaller plan: eval goes, the dispatcher restarts with fewer targets, preprocess stays
+        procs = stack.up(cfg, ["preprocess"], with_infra=False)
+        pids = {p.name: stack.running_pid(cfg, p.name) for p in procs}
+        assert stack.running_pid(cfg, "fn-eval") is None and not stack._alive(before["fn-eval"])
+        assert pids["fn-preprocess"] == before["fn-preprocess"] and pids["dispatcher"] != before["dispatcher"]
+        assert stack.up(cfg, ["preprocess"], with_infra=False) and \
+            {p.name: stack.running_pid(cfg, p.name) for p in procs} == pids  # idempotent: same processes
+        states = {r["name"]: r["state"] for r in stack.status(cfg)}
+        assert states["fn-preprocess"] == states["dispatcher"] == states["kafka"] == "healthy"
+
+        ready, topic, _offset = stack.upload(cfg, lte_dir / "PobleSec.csv", lte_dir / "PobleSec_test.csv", identifier)
+        assert topic == "dataset-ready" and ready.data["identifier"] == identifier
+
+        claim, record = _claim_for(fi.kafka_bootstrap(infra), identifier)
+        assert record.key == identifier.encode()  # keyed by dataset: one dataset's events stay in order
+        data = events.parse_data(claim, (events.TRAINING_DATA,))
+        assert claim["source"] == "/flts/preprocess" and data.bucket == "processed-data"
+        store = store_from_env(fi.client_env(infra))
+        train = pq.read_table(io.BytesIO(store.get_bytes(data.bucket, data.object_key)))
+        test = pq.read_table(io.BytesIO(store.get_bytes(data.bucket, data.test_object_key)))
+        assert train.num_rows == data.rows > 1000 and test.num_rows == data.test_rows > 100
+        assert {"down", "minute_sin", "minute_cos", "dow_sin", "dow_cos"} <= set(train.column_names)
+        assert data.object_key.startswith(f"{identifier}/{data.config_hash}/")
+        group_pids = {pid for pid in pids.values() for pid in stack._group_members(pid)}
+        assert len(group_pids) >= 3  # gunicorn master + worker, and the dispatcher
+    finally:
+        stopped = stack.down(cfg, with_infra=False)
+    assert set(stopped) >= {"dispatcher", "fn-preprocess"}
+    assert not any(stack._alive(pid) for pid in group_pids), "a stack process outlived `down`"
+    assert all(r["healthy"] for r in fi.status(infra))  # `down --keep-infra` leaves the services alone
