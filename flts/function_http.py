@@ -24,15 +24,18 @@ from flts.storage import InvalidKey, ObjectNotFound
 from flts.router import Handler
 
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+HEALTH_PATHS = ("/healthz", "/readyz")
 
 
-def _json(status: int, **body):
-    return orjson.dumps(body), status, {"Content-Type": "application/json"}
+def _json(code: int, **body):
+    return orjson.dumps(body), code, {"Content-Type": "application/json"}
 
 
 def serve_events(request, handler: Handler, env=None):
     """Turn one HTTP request into one handler call and its reply."""
     env = os.environ if env is None else env
+    if request.method == "GET" and request.path in HEALTH_PATHS:  # liveness/readiness probes
+        return _json(200, status="ok")
     declared = request.content_length or 0
     if declared > MAX_EVENT_BYTES:  # refuse before reading the body into memory
         return _json(413, error=f"event body of {declared} bytes is over the limit of {MAX_EVENT_BYTES}")

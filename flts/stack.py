@@ -188,14 +188,12 @@ def _choose(deployments: list[str] | None) -> set[str]:
 # working directory <state>/<name>: a pid counts as ours only if it still runs there, so a
 # stale pid file can never make `flts down` signal somebody else's process.
 def http_ok(url: str, timeout: float = 2.0) -> bool:
-    """The process answers HTTP below 500 (a 400 to an empty GET is a live function)."""
+    """The process answers its health route with a 2xx."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(url, timeout=timeout) as response:
-            return response.status < 500
-    except urllib.error.HTTPError as exc:
-        return exc.code < 500
-    except (OSError, ValueError):
+            return 200 <= response.status < 300
+    except (OSError, ValueError):  # HTTPError (a non-2xx answer) is an OSError too
         return False
 
 

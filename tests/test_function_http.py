@@ -219,3 +219,14 @@ def test_handler_gets_the_event_as_sent():
     response = app_with(lambda e, env: got.append(e) or []).post("/", data=body, headers=headers)
     assert response.status_code == 202
     assert got[0]["id"] == event["id"] and got[0].data == event.data
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+def test_health_routes_answer_200_without_an_event(client, path):
+    response = client.get(path)
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+
+
+def test_a_get_elsewhere_is_not_taken_for_health(client):
+    assert client.get("/").status_code == 400
