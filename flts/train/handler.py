@@ -1,0 +1,189 @@
+"""The train function: `flts.training-data` in, `flts.model-training` RUNNING + SUCCESS|FAILED out.
+
+One deployment per MODEL_TYPE (GRU, LSTM, PROPHET) runs this same handler. A run:
+1. reads the claimed train/test Parquet and checks it (bad data → FAILED, nothing trained);
+2. looks in MLflow for a FINISHED run of this model type and config hash and, if there is
+   one, re-announces it instead of training (durable dedup, SKIP_DUPLICATE_CONFIGS);
+3. trains, scores the served artifact on the test windows with flts.metrics, logs params,
+   metrics and artifacts, closes the run and only then announces SUCCESS.
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flts import events
+from flts.events import DataClaim, EventError, ModelTraining
+from flts.logs import error, log
+from flts.metrics import TargetScale, regression_metrics
+from flts.settings import Env
+from flts.storage import store_from_env
+from flts.train import artifacts, data, tracking
+from flts.train.errors import TrainError
+from flts.train.settings import TrainSettings
+from flts.windows import make_windows
+
+FUNCTION = "train"
+MAX_ERROR_CHARS = 4000  # an event stays a small claim, whatever the error says
+_SAFE_TAG = re.compile(r"^[A-Za-z0-9._-]+$")  # values that go into an MLflow filter string
+
+
+@dataclass(frozen=True)
+class Job:
+    claim: DataClaim
+    settings: TrainSettings
+    target: str
+    timestamp_column: str
+    experiment: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    run_id: str
+    metrics: dict[str, float]
+    deduplicated: bool = False
+
+
+def handle(event, env: Env) -> list:
+    """Returns [RUNNING, SUCCESS|FAILED]; raises EventError only for an invalid event."""
+    claim: DataClaim = events.parse_data(event, (events.TRAINING_DATA,))
+    if not _SAFE_TAG.match(claim.config_hash):
+        raise EventError(f"{events.TRAINING_DATA}: config_hash {claim.config_hash!r} may only hold letters, digits, '.', '_' and '-'")
+    settings = TrainSettings.from_env(env)  # a misconfigured deployment raises ConfigError
+    job = Job(claim, settings, claim.target or settings.target, claim.timestamp_column or settings.timestamp_column,
+              settings.experiment_name or f"flts-{claim.identifier}")
+    running = _event(job, "RUNNING")
+    log("train_start", model_type=settings.model_type, identifier=claim.identifier, config_hash=claim.config_hash,
+        object_key=claim.object_key, experiment=job.experiment)
+    try:
+        outcome = train(job, env)
+    except Exception as exc:  # noqa: BLE001 - every failure is announced, none escapes
+        expected = isinstance(exc, TrainError)  # bad data or a failed check: the message says it all
+        message = (str(exc) if expected else f"{type(exc).__name__}: {exc}")[:MAX_ERROR_CHARS]
+        error("train_failed", model_type=settings.model_type, identifier=claim.identifier,
+              config_hash=claim.config_hash, error=message,
+              **({} if expected else {"traceback": traceback.format_exc(limit=8)}))
+        return [running, _event(job, "FAILED", error=message)]
+    log("train_success_publish", model_type=settings.model_type, identifier=claim.identifier,
+        config_hash=claim.config_hash, run_id=outcome.run_id, experiment=job.experiment,
+        deduplicated=outcome.deduplicated, metrics=outcome.metrics)
+    return [running, _event(job, "SUCCESS", run_id=outcome.run_id, metrics=outcome.metrics,
+                            deduplicated=outcome.deduplicated)]
+
+
+def _event(job: Job, status: str, **extra):
+    claim = job.claim
+    body = ModelTraining(status=status, model_type=job.settings.model_type, experiment=job.experiment,
+                         config_hash=claim.config_hash, identifier=claim.identifier, bucket=claim.bucket,
+                         object_key=claim.object_key, test_object_key=claim.test_object_key, **extra)
+    return events.make_event(events.MODEL_TRAINING, FUNCTION, body)
+
+
+def train(job: Job, env: Env) -> Outcome:
+    settings, claim = job.settings, job.claim
+    split = data.load(store_from_env(env), claim.bucket, claim.object_key, claim.test_object_key,
+                      job.target, job.timestamp_column)
+    data.check_train_rows(len(split.train.target), settings.input_seq_len, settings.output_seq_len)
+    data.check_test_rows(len(split.test.target), settings.input_seq_len, settings.output_seq_len)
+
+    client = tracking.client(settings.tracking_uri)
+    exp_id = tracking.experiment_id(client, job.experiment, settings.artifact_root)
+    if settings.skip_duplicates:
+        previous = tracking.find_finished_run(client, exp_id, settings.model_type, claim.config_hash)
+        if previous is not None:
+            log("skip_idempotent", function=FUNCTION, model_type=settings.model_type, config_hash=claim.config_hash,
+                run_id=previous.info.run_id)
+            return Outcome(previous.info.run_id, tracking.summary_metrics(previous), deduplicated=True)
+
+    tags = {"model_type": settings.model_type, "config_hash": claim.config_hash, "identifier": claim.identifier,
+            "function": FUNCTION}
+    run = tracking.start_run(client, exp_id, f"{settings.model_type}-{claim.config_hash[:8]}", tags)
+    run_id = run.info.run_id
+    try:
+        tracking.log_params(client, run_id, {**settings.hyperparameters(), "model_type": settings.model_type,
+                                             "config_hash": claim.config_hash, "identifier": claim.identifier,
+                                             "target": job.target, "timestamp_column": job.timestamp_column,
+                                             "n_features": len(split.feature_columns),
+                                             "train_rows": len(split.train.target), "test_rows": len(split.test.target)})
+        with tempfile.TemporaryDirectory(prefix="flts-train-") as tmp:
+            folder = Path(tmp)
+            trainer = _train_prophet if settings.model_type == "PROPHET" else _train_rnn
+            metrics, series = trainer(job, split, folder)
+            tracking.log_metrics(client, run_id, metrics, series)
+            client.log_artifacts(run_id, str(folder))  # the folder mirrors the artifact layout
+    except BaseException as exc:
+        tracking.finish(client, run_id, ok=False, error=f"{type(exc).__name__}: {exc}")
+        raise
+    tracking.finish(client, run_id, ok=True)
+    print(f"{settings.model_type} {claim.identifier}: test nrmse {metrics['nrmse']:.4f}, rmse {metrics['rmse']:.4f}, "
+          f"train {metrics['train_seconds']:.1f}s (run {run_id})", flush=True)
+    return Outcome(run_id, metrics)
+
+
+def _signature(job: Job, split: data.TrainData, fmt: str, feature_columns: list[str]) -> dict:
+    s = job.settings
+    return artifacts.signature(fmt=fmt, feature_columns=feature_columns, target=job.target,
+                               timestamp_column=job.timestamp_column, input_seq_len=s.input_seq_len,
+                               output_seq_len=s.output_seq_len, frequency_seconds=split.frequency_seconds(),
+                               config_hash=job.claim.config_hash, model_type=s.model_type)
+
+
+def _train_rnn(job: Job, split: data.TrainData, folder: Path) -> tuple[dict, dict]:
+    from flts.train import rnn
+
+    s = job.settings
+    in_len, out_len = s.input_seq_len, s.output_seq_len
+    train, test = split.train, split.test
+    n_val = data.validation_rows(len(train.target), in_len, out_len, s.val_fraction)
+    cut = len(train.target) - n_val
+    # Validation windows take their inputs from before the cut; their targets lie after it.
+    x_fit, y_fit = make_windows(train.features[:cut], train.target[:cut], in_len, out_len)
+    x_val, y_val = make_windows(train.features[cut - in_len:], train.target[cut - in_len:], in_len, out_len)
+    x_test, y_test = make_windows(test.features, test.target, in_len, out_len)
+    scaler = artifacts.fit_scaler(train.features[:cut], split.feature_columns)
+
+    result = rnn.fit(s, x_fit, y_fit, x_val, y_val, scaler.mean_, scaler.scale_, split.target_index)
+    started = time.perf_counter()
+    model_bytes = rnn.export_onnx(result.model, x_test, s.onnx_opset)
+    served = rnn.onnx_predict(model_bytes, x_test)
+    target_scale = TargetScale.fit(train.target)
+    diff = rnn.check_parity(rnn.predict(result.model, x_test), served, s.parity_tolerance * target_scale.std)
+    export_seconds = time.perf_counter() - started
+
+    # Scored on what is served: the ONNX graph's forecasts of the test windows.
+    metrics = regression_metrics(y_test, served, target_scale)
+    metrics.update(train_seconds=result.seconds, export_seconds=export_seconds, onnx_max_abs_diff=diff,
+                   best_epoch=result.best_epoch, epochs_run=len(result.train_losses), val_loss=result.best_val_loss)
+    model_dir = folder / s.model_type
+    model_dir.mkdir(parents=True)
+    (model_dir / "model.onnx").write_bytes(model_bytes)
+    artifacts.write_json(model_dir / "signature.json", _signature(job, split, "onnx", split.feature_columns))
+    artifacts.write_scaler(folder / "scaler", scaler, split.feature_columns, job.target, target_scale)
+    artifacts.write_loss_curve(folder / "plots" / "loss_curve.png", result.train_losses, result.val_losses,
+                               result.best_epoch, f"{s.model_type} {job.claim.identifier}")
+    return metrics, {"train_loss": result.train_losses, "val_loss": result.val_losses}
+
+
+def _train_prophet(job: Job, split: data.TrainData, folder: Path) -> tuple[dict, dict]:
+    from flts.train import prophet_model
+
+    s = job.settings
+    model, seconds = prophet_model.fit(split.train, s.prophet_max_rows)
+    pred, truth = prophet_model.forecast_windows(model, split.test, s.input_seq_len, s.output_seq_len)
+    target_scale = TargetScale.fit(split.train.target)
+    metrics = regression_metrics(truth, pred, target_scale)
+    metrics["train_seconds"] = seconds
+    model_dir = folder / s.model_type
+    model_dir.mkdir(parents=True)
+    (model_dir / "model.json").write_text(prophet_model.to_json(model))
+    # Prophet reads only the timestamps: no feature columns go in.
+    artifacts.write_json(model_dir / "signature.json", _signature(job, split, "prophet-json", []))
+    scaler = artifacts.fit_scaler(split.train.features, split.feature_columns)
+    artifacts.write_scaler(folder / "scaler", scaler, split.feature_columns, job.target, target_scale)
+    return metrics, {}

@@ -1,0 +1,17 @@
+"""Train function: `flts.training-data` in, `flts.model-training` RUNNING + SUCCESS|FAILED out.
+
+One deployment per model type (MODEL_TYPE=GRU, LSTM or PROPHET), same code.
+Run locally:  MODEL_TYPE=GRU functions-framework --source functions/train/main.py --target train --port 8082
+"""
+import functions_framework
+
+from flts.function_http import serve_events
+from flts.logs import set_component
+from flts.train import handle
+
+set_component("train")
+
+
+@functions_framework.http
+def train(request):
+    return serve_events(request, handle)
