@@ -1,13 +1,14 @@
 # The two commands a newcomer runs: `make demo` and `make test`.
-# Each creates or refreshes .venv (uv, cached in ~/.cache/uv) and is a no-op install when
-# pyproject.toml has not changed since the last run.
+# Each creates or refreshes .venv (uv, cached in ~/.cache/uv) with the exact versions of
+# requirements.lock, and is a no-op install when neither file changed since the last run.
+# After changing dependencies in pyproject.toml: `make lock`.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 UV     := $(BIN)/uv
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv-demo venv-test infra lint bench clean
+.PHONY: demo test venv-demo venv-test infra lint lock bench clean
 
 demo: venv-demo
 	$(BIN)/flts demo
@@ -22,13 +23,17 @@ $(UV):
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv
 
-$(VENV)/.installed-demo: pyproject.toml | $(UV)
-	$(UV) pip install --quiet --python $(BIN)/python -e '.[all]'
+$(VENV)/.installed-demo: pyproject.toml requirements.lock | $(UV)
+	$(UV) pip install --quiet --python $(BIN)/python -c requirements.lock -e '.[all]'
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml | $(UV)
-	$(UV) pip install --quiet --python $(BIN)/python -e '.[dev]'
+$(VENV)/.installed-test: pyproject.toml requirements.lock | $(UV)
+	$(UV) pip install --quiet --python $(BIN)/python -c requirements.lock -e '.[dev]'
 	touch $@ $(VENV)/.installed-demo
+
+lock: | $(UV)
+	$(UV) pip compile pyproject.toml --all-extras --python-version 3.11 --quiet -o requirements.lock
+	$(BIN)/flts deploy render  # the functions' pinned requirements.txt follow the lock
 
 # Benchmarks print figures (not tests): serving throughput/latency/cold start, accuracy, stack.
 bench: venv-test infra

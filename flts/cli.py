@@ -22,6 +22,12 @@ def _demo(args) -> int:
     return run_demo(dataset=args.dataset, workdir=Path(args.workdir), fresh=args.fresh, stages=args.until)
 
 
+def _bench(args) -> int:
+    from flts.serving.bench import main
+
+    return main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flts", description="Time-series forecasting pipeline as serverless functions.")
     parser.add_argument("--version", action="version", version=f"flts {__version__}")
@@ -37,6 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     schemas = sub.add_parser("schemas", help="write the event JSON Schemas (docs/schemas)")
     schemas.add_argument("--out", default="docs/schemas")
     schemas.set_defaults(func=_schemas)
+
+    from flts.deploy import add_parser as add_deploy_parser  # `flts deploy render|shrinkwrap`
+
+    add_deploy_parser(sub)
+
+    from flts.stack import add_parser as add_stack_parser  # `flts up|down|status|upload`
+
+    add_stack_parser(sub)
+
+    bench = sub.add_parser("bench", help="benchmark the inference function (throughput, 429s, cold start, RSS, ORT vs torch)")
+    from flts.serving.bench import add_arguments
+
+    add_arguments(bench)
+    bench.set_defaults(func=_bench)
     return parser
 
 

@@ -1,0 +1,80 @@
+"""Entry point of every FLTS function image (the OpenFaaS template `flts-python`).
+
+OpenFaaS: of-watchdog (http mode) starts this as `fprocess` and proxies :8080 to
+`upstream_url` (http://127.0.0.1:5000), answering 429 beyond `max_inflight`.
+Knative: the Service runs it directly, `python /app/index.py --listen 0.0.0.0:8080`.
+Either way it replaces itself with the function's own HTTP server, run from the handler
+folder (functions/<name>/, the working directory):
+
+  FLTS_SERVER=functions-framework   functions-framework --source main.py --target $FUNCTION_TARGET
+  FLTS_SERVER=uvicorn               uvicorn main:$FUNCTION_TARGET (an ASGI app)
+
+OpenFaaS mounts secrets as files in /var/openfaas/secrets/, but the code reads settings
+from the environment only: each secret file becomes a variable first (`s3-secret-key` →
+S3_SECRET_KEY), unless the variable is already set.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import MutableMapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+SECRETS_DIR = Path("/var/openfaas/secrets")
+SERVERS = ("functions-framework", "uvicorn")
+
+
+def secrets_to_env(directory: Path, env: MutableMapping[str, str]) -> list[str]:
+    """Load each secret file into `env`; returns the variable names it set."""
+    loaded = []
+    if not directory.is_dir():
+        return loaded
+    for path in sorted(directory.iterdir()):
+        # Kubernetes mounts secrets through `..data` symlinks: skip the dot entries.
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        name = path.name.upper().replace("-", "_")
+        if name not in env:
+            env[name] = path.read_text().rstrip("\r\n")
+            loaded.append(name)
+    return loaded
+
+
+def listen_address(listen: str | None, env: MutableMapping[str, str]) -> tuple[str, int]:
+    """HOST:PORT from --listen, else from of-watchdog's upstream_url."""
+    raw = listen or urlsplit(env.get("upstream_url", "")).netloc
+    host, _, port = raw.rpartition(":")
+    if not port.isdigit():
+        raise SystemExit(f"index.py: need --listen HOST:PORT or upstream_url=http://HOST:PORT, got {raw!r}")
+    return host or "0.0.0.0", int(port)
+
+
+def server_command(server: str, target: str, host: str, port: int) -> list[str]:
+    if not target:
+        raise SystemExit("index.py: FUNCTION_TARGET is not set (the function or ASGI app in main.py)")
+    if server == "functions-framework":
+        return [sys.executable, "-m", "functions_framework", "--source", "main.py", "--target", target,
+                "--host", host, "--port", str(port)]
+    if server == "uvicorn":
+        return [sys.executable, "-m", "uvicorn", f"main:{target}", "--app-dir", ".", "--host", host,
+                "--port", str(port), "--no-access-log"]
+    raise SystemExit(f"index.py: FLTS_SERVER must be one of {', '.join(SERVERS)}, got {server!r}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--listen", help="HOST:PORT (default: upstream_url, i.e. behind of-watchdog)")
+    args = parser.parse_args(argv)
+    secrets_to_env(SECRETS_DIR, os.environ)
+    host, port = listen_address(args.listen, os.environ)
+    command = server_command(os.environ.get("FLTS_SERVER", "functions-framework"),
+                             os.environ.get("FUNCTION_TARGET", ""), host, port)
+    sys.stdout.flush()
+    # exec: the server gets the signals (the watchdog's or the kubelet's SIGTERM) directly.
+    os.execv(command[0], command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""OpenFaaS: stack.yml against the stack schema, the flts-python template, shrinkwrapped build contexts."""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flts import deploy, routing
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATE = REPO / "template" / deploy.TEMPLATE
+
+
+@pytest.fixture(scope="module")
+def stack() -> dict:
+    return yaml.safe_load((REPO / "stack.yml").read_text())
+
+
+def load_index():
+    spec = importlib.util.spec_from_file_location("flts_template_index", TEMPLATE / "index.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --------------------------------------------------------------------------- stack.yml
+def test_stack_file_validates_against_the_stack_schema(stack):
+    assert deploy.stack_errors(stack) == []
+    assert stack["version"] == "1.0"
+    assert stack["provider"]["name"] == "openfaas" and stack["provider"]["gateway"].startswith("http")
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda s: s["provider"].update(name="faas"), "is not one of ['openfaas']"),
+    (lambda s: s.update(version="2.0"), "is not one of ['1.0']"),
+    (lambda s: s["functions"]["infer"]["labels"].update({"com.openfaas.scale.min": 1}), "is not of type 'string'"),
+    (lambda s: s["functions"]["infer"]["labels"].update({"com.openfaas.scale.maximum": "3"}), "should not be valid"),
+    (lambda s: s["functions"]["infer"]["annotations"].update({"com.openfaas.scale.max": "3"}), "should not be valid"),
+    (lambda s: s["functions"]["infer"].update(enviroment={"A": "1"}), "enviroment"),
+    (lambda s: s["functions"]["infer"]["environment"].update(MAX_INFLIGHT=64), "is not of type 'string'"),
+    (lambda s: s["functions"]["infer"].pop("image"), "'image' is a required property"),
+    (lambda s: s["functions"]["infer"]["limits"].update(memory="lots"), "does not match"),
+    (lambda s: s["functions"]["infer"]["annotations"].update(topic="a b"), "does not match"),
+    (lambda s: s["functions"].update({"Infer_2": s["functions"]["infer"]}), "does not match"),
+    (lambda s: s["configuration"]["copy"].append("../secrets"), "does not match"),
+])
+def test_stack_schema_rejects_what_faas_cli_or_the_gateway_would_get_wrong(stack, mutate, message):
+    broken = copy.deepcopy(stack)
+    mutate(broken)
+    errors = deploy.stack_errors(broken)
+    assert any(message in e for e in errors), errors
+
+
+def test_every_deployment_is_a_function_with_scaling_labels_topics_limits_and_secrets(stack):
+    functions = stack["functions"]
+    assert sorted(functions) == sorted(d.name for d in routing.DEPLOYMENTS)
+    for d in routing.DEPLOYMENTS:
+        fn = functions[d.name]
+        assert fn["lang"] == deploy.TEMPLATE and fn["handler"] == f"./functions/{d.function}"
+        assert {"com.openfaas.scale.min", "com.openfaas.scale.max", "com.openfaas.scale.zero"} <= set(fn["labels"])
+        assert int(fn["labels"]["com.openfaas.scale.min"]) <= int(fn["labels"]["com.openfaas.scale.max"])
+        assert fn["annotations"]["topic"].split(",") == [routing.topic_of(t) for t in d.subscribes]
+        assert set(fn["limits"]) == {"cpu", "memory"}
+        assert fn["secrets"] == [deploy.secret_file_name(k) for k in deploy.settings_of(d).secrets]
+        for key, value in d.env.items():
+            assert fn["environment"][key] == value
+        # of-watchdog must wait as long as the function may run
+        timeout = int(fn["environment"]["exec_timeout"].rstrip("s"))
+        assert timeout > deploy.settings_of(d).timeout_seconds
+
+
+def test_inference_function_limits_inflight_requests_like_its_own_setting(stack):
+    infer = stack["functions"]["infer"]
+    assert infer["environment"]["max_inflight"] == infer["environment"]["MAX_INFLIGHT"] == str(deploy.MAX_INFLIGHT)
+    for fn in stack["functions"].values():
+        assert fn["annotations"]["com.openfaas.health.http.path"] == "/readyz"
+
+
+def test_dispatcher_targets_every_deployment_through_the_gateway(stack):
+    objects = deploy.load_yaml_objects([REPO / "deploy/openfaas/dispatcher.yaml"])
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    from flts.dispatcher import DispatchSettings, parse_targets, routes_from_table
+
+    targets = parse_targets(env["DISPATCH_TARGETS"])
+    assert sorted(targets) == sorted(stack["functions"])
+    assert all(url.endswith(f"/function/{name}") for name, url in targets.items())
+    routes = routes_from_table(targets)  # the dispatcher's own parser accepts them
+    assert {s.deployment for s in routes.subscriptions} == set(targets)
+    settings = DispatchSettings.from_env(env)
+    assert settings.timeout > max(deploy.settings_of(d).timeout_seconds for d in routing.DEPLOYMENTS)
+    service = next(o for o in objects if o["kind"] == "Service")
+    assert deploy.DISPATCHER_URL.startswith(f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.")
+    assert f":{service['spec']['ports'][0]['port']}/" in deploy.DISPATCHER_URL
+    for name, fn in stack["functions"].items():
+        emits = deploy.settings_of(routing.deployment(name)).emits
+        assert (fn["environment"].get("K_SINK") == deploy.DISPATCHER_URL) == bool(emits)
+
+
+# --------------------------------------------------------------------------- the template
+def test_template_declares_its_language_and_the_process_its_dockerfile_runs():
+    spec = yaml.safe_load((TEMPLATE / "template.yml").read_text())
+    assert spec["language"] == TEMPLATE.name
+    dockerfile = (TEMPLATE / "Dockerfile").read_text()
+    assert f'fprocess="{spec["fprocess"]}"' in dockerfile
+    assert f"upstream_url=http://{deploy.UPSTREAM}" in dockerfile
+    assert f"EXPOSE {deploy.PORT}" in dockerfile and deploy.WATCHDOG_IMAGE in dockerfile
+
+
+def test_index_loads_openfaas_secret_files_into_the_environment(tmp_path):
+    index = load_index()
+    (tmp_path / "s3-access-key").write_text("AKIA-test\n")
+    (tmp_path / "s3-secret-key").write_text("s3cr3t")
+    (tmp_path / "..data").mkdir()  # Kubernetes' mount bookkeeping, not a secret
+    env = {"S3_SECRET_KEY": "set-explicitly"}
+    assert index.secrets_to_env(tmp_path, env) == ["S3_ACCESS_KEY"]
+    assert env == {"S3_ACCESS_KEY": "AKIA-test", "S3_SECRET_KEY": "set-explicitly"}
+    assert index.secrets_to_env(tmp_path / "missing", env) == []
+
+
+def test_index_listens_behind_the_watchdog_or_where_it_is_told():
+    index = load_index()
+    assert index.listen_address(None, {"upstream_url": "http://127.0.0.1:5000"}) == ("127.0.0.1", 5000)
+    assert index.listen_address("0.0.0.0:8080", {"upstream_url": "http://127.0.0.1:5000"}) == ("0.0.0.0", 8080)
+    with pytest.raises(SystemExit, match="HOST:PORT"):
+        index.listen_address(None, {})
+    with pytest.raises(SystemExit, match="FLTS_SERVER"):
+        index.server_command("gunicorn", "app", "127.0.0.1", 5000)
+    with pytest.raises(SystemExit, match="FUNCTION_TARGET"):
+        index.server_command("uvicorn", "", "127.0.0.1", 5000)
+
+
+# --------------------------------------------------------------------------- shrinkwrap
+def copy_sources(dockerfile: str) -> list[str]:
+    """Sources of the COPY lines that read the build context (not another stage)."""
+    sources = []
+    for line in dockerfile.splitlines():
+        parts = line.split()
+        if parts[:1] == ["COPY"] and not any(p.startswith("--from") for p in parts):
+            sources += [p for p in parts[1:-1] if not p.startswith("--")]
+    return sources
+
+
+def image_layout(context: Path, root: Path) -> Path:
+    """Lay the shrinkwrapped function/ out as the template's Dockerfile does; returns the handler dir."""
+    app = root / "app"
+    (app / "functions").mkdir(parents=True)
+    moved = re.search(r"mv (/src/\S+(?: /src/\S+)*) /app/", (context / "Dockerfile").read_text()).group(1).split()
+    src = context / "function"
+    import shutil
+
+    shutil.copytree(src, root / "src")
+    for item in moved:
+        shutil.move(str(root / item.lstrip("/")), app)
+    shutil.move(str(root / "src"), app / "functions" / "handler")
+    return app / "functions" / "handler"
+
+
+def local_requirements(requirements: Path) -> list[tuple[Path, list[str]]]:
+    """(project dir, extras) of every `-e path[extras]` / `path[extras]` line, resolved like pip (from the cwd)."""
+    out = []
+    for raw in requirements.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip().removeprefix("-e ").strip()
+        if line.startswith((".", "/")):
+            path, _, extras = line.partition("[")
+            out.append(((requirements.parent / path).resolve(), [e for e in extras.rstrip("]").split(",") if e]))
+    return out
+
+
+def resolved_extras(pyproject: dict, extras: list[str]) -> set[str]:
+    """Distribution names an install of flts[extras] brings in (self-references expanded)."""
+    optional, names, todo = pyproject["project"]["optional-dependencies"], set(), list(extras)
+    deps = list(pyproject["project"]["dependencies"])
+    while todo:
+        extra = todo.pop()
+        assert extra in optional, f"requirements ask for flts[{extra}], which pyproject.toml does not define"
+        for dep in optional[extra]:
+            if dep.startswith("flts["):
+                todo += dep[5:].split("]")[0].split(",")
+            else:
+                deps.append(dep)
+    for dep in deps:
+        names.add(re.split(r"[\s\[<>=!~;]", dep, maxsplit=1)[0].lower())
+    return names
+
+
+FUNCTION_NAMES = sorted(d.name for d in routing.DEPLOYMENTS)
+
+
+@pytest.mark.parametrize("name", FUNCTION_NAMES)
+def test_shrinkwrap_context_holds_template_function_code_and_requirements(name, stack, tmp_path):
+    d = routing.deployment(name)
+    handler_src = REPO / "functions" / d.function
+    context = deploy.shrinkwrap(name, tmp_path / "build", stack_file=stack)
+    assert context == tmp_path / "build" / name
+    for item in ("Dockerfile", "template.yml", "index.py"):
+        assert (context / item).read_bytes() == (TEMPLATE / item).read_bytes()
+    for item in ("main.py", "requirements.txt"):
+        assert (context / "function" / item).read_bytes() == (handler_src / item).read_bytes()
+    for extra in stack["configuration"]["copy"]:
+        assert (context / "function" / extra).exists(), extra
+    assert (context / "function/flts/__init__.py").exists() and (context / "function/flts/routing.py").exists()
+    assert not list(context.rglob("__pycache__"))
+    for source in copy_sources((context / "Dockerfile").read_text()):
+        assert (context / source).exists(), f"the template's Dockerfile copies {source}, missing from the context"
+
+    handler = image_layout(context, tmp_path / "image")
+    requirements = local_requirements(handler / "requirements.txt")
+    assert requirements, "requirements.txt must install the shared package from the project root"
+    for project, extras in requirements:
+        assert project == tmp_path / "image" / "app", f"{project} is not the image's project root"
+        resolved_extras(tomllib.loads((project / "pyproject.toml").read_text()), extras)
+
+
+def test_inference_image_installs_no_torch_and_no_prophet():
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    requirements = REPO / "functions/infer/requirements.txt"
+    names = set()
+    for _, extras in local_requirements(requirements):
+        names |= resolved_extras(pyproject, extras)
+    names |= {re.split(r"[\s\[<>=!~;]", line.strip(), maxsplit=1)[0].lower()
+              for line in requirements.read_text().splitlines() if line.strip() and line.strip()[0].isalnum()}
+    assert names.isdisjoint({"torch", "prophet", "mlflow"}), names
+
+
+def test_dispatcher_image_copies_what_exists_and_installs_the_shared_package():
+    text = (REPO / "deploy/openfaas/dispatcher.Dockerfile").read_text()
+    for source in copy_sources(text):
+        assert (REPO / source).exists(), source
+    workdir = re.findall(r"^WORKDIR /app/(\S+)$", text, re.MULTILINE)[-1]
+    requirements = REPO / workdir / "requirements.txt"
+    assert [p for p, _ in local_requirements(requirements)] == [REPO]
+    assert re.search(r"^CMD \[\"python\", \"main.py\"\]$", text, re.MULTILINE) and (REPO / workdir / "main.py").exists()
+
+
+def test_shrinkwrap_refuses_unknown_functions_and_paths_outside_the_project(stack, tmp_path):
+    with pytest.raises(KeyError, match="no function 'predict'"):
+        deploy.shrinkwrap("predict", tmp_path, stack_file=stack)
+    outside = copy.deepcopy(stack)
+    outside["configuration"]["copy"] = ["../"]
+    with pytest.raises(ValueError, match="outside the project"):
+        deploy.shrinkwrap("infer", tmp_path, stack_file=outside)
+
+
+def test_knative_dockerfiles_copy_what_exists_and_bake_the_stack_build_args(stack):
+    for d in routing.DEPLOYMENTS:
+        text = (REPO / "functions" / d.function / "Dockerfile").read_text()
+        for source in copy_sources(text):
+            assert (REPO / source).exists(), f"functions/{d.function}/Dockerfile copies {source}, which does not exist"
+        args = stack["functions"][d.name]["build_args"]
+        assert f"FLTS_SERVER={args['FLTS_SERVER']}" in text and f"FUNCTION_TARGET={args['FUNCTION_TARGET']}" in text
+        assert re.search(r"^USER \d+$", text, re.MULTILINE) and "FROM python:3.11-slim" in text
+
+
+# --------------------------------------------------------------------------- the context starts and answers
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None) -> int:
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def wait_until_listening(port: int, process: subprocess.Popen, log: Path, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the server exited with {process.returncode}: {log.read_text()[-2000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"nothing listens on {port} after {seconds} s")
+
+
+@pytest.mark.parametrize("function", sorted(deploy.FUNCTIONS))
+def test_shrinkwrapped_function_starts_through_index_and_answers_on_its_routes(function, stack, tmp_path):
+    """What the image runs (`python /app/index.py --listen ...`), on the shrinkwrapped code."""
+    name = next(d.name for d in routing.DEPLOYMENTS if d.function == function)
+    context = deploy.shrinkwrap(name, tmp_path / "build", stack_file=stack)
+    port = free_port()
+    env = {**os.environ, **stack["functions"][name]["build_args"], **deploy.deployment_env(routing.deployment(name)),
+           "FLTS_OBJECT_DIR": str(tmp_path / "objects"), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    log = tmp_path / "server.log"  # a file, not a pipe: a full pipe would block the server
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, str(context / "index.py"), "--listen", f"127.0.0.1:{port}"],
+                                   cwd=context / "function", env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until_listening(port, process, log)
+        base = f"http://127.0.0.1:{port}"
+        # Every event function answers a CloudEvent POST on `/`: this one is not a CloudEvent.
+        assert http("POST", base + "/", b"{}", {"Content-Type": "application/json"}) == 400
+        fs = deploy.FUNCTIONS[function]
+        assert http("GET", base + fs.liveness_path) == 200
+        ready = (200, 503) if fs.server == "uvicorn" else (200,)  # infer: 503 until a model is promoted
+        assert http("GET", base + fs.readiness_path) in ready
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
