@@ -26,14 +26,13 @@ from pathlib import Path
 
 import orjson
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run as a script from anywhere
-
 from flts import events, routing, scoring
 from flts.demo import DATA_DIR, embedded_env, upload_dataset
 from flts.evaluate import mlflow_client, search_finished
 from flts.router import EmbeddedRouter
 from flts.storage import FileStore
+
+REPO = Path(__file__).resolve().parent.parent
 
 PAPER = {  # NRMSE on the _test.csv windows, one step ahead (data/lte/README.md)
     "PobleSec": {"lstm_fednova": 0.5063, "lstm_fedavg": 0.5139, "persistence": 0.5704},

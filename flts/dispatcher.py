@@ -43,10 +43,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Mapping
 
 import httpx
 import orjson
@@ -83,7 +83,7 @@ class DispatchSettings:
     ingress_port: int = 18090
 
     @classmethod
-    def from_env(cls, env: Env) -> "DispatchSettings":
+    def from_env(cls, env: Env) -> DispatchSettings:
         bootstrap = env_str(env, "KAFKA_BOOTSTRAP_SERVERS", "")
         if not bootstrap:
             raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set (host:port of the Kafka broker)")
@@ -297,8 +297,8 @@ def retry_after_seconds(header: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def retry_delay(attempt: int, retry_after: float | None, settings: DispatchSettings) -> float:
@@ -370,7 +370,7 @@ def dead_letter_envelope(record, event, reason: str, attempts: int, deployment: 
         "error": reason,
         "attempts": attempts,
         "function": deployment,
-        "timestamp": datetime.now(timezone.utc).isoformat(),
+        "timestamp": datetime.now(UTC).isoformat(),
         "status": status,
         "topic": record.topic,
         "partition": record.partition,
@@ -529,7 +529,7 @@ class ConsumerLoop(threading.Thread):
 
 # --------------------------------------------------------------------------- ingress
 class _IngressHandler(BaseHTTPRequestHandler):
-    server: "_IngressServer"
+    server: _IngressServer
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
@@ -576,7 +576,7 @@ class _IngressHandler(BaseHTTPRequestHandler):
 class _IngressServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address, dispatcher: "Dispatcher"):
+    def __init__(self, address, dispatcher: Dispatcher):
         self.dispatcher = dispatcher
         super().__init__(address, _IngressHandler)
 
@@ -621,7 +621,7 @@ class Dispatcher:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}/"
 
-    def start(self, ingress: bool = True) -> "Dispatcher":
+    def start(self, ingress: bool = True) -> Dispatcher:
         self.producer = EventProducer(self.settings.bootstrap_servers)
         if ingress:  # bind first: a port in use fails before any consumer joins a group
             self._server = _IngressServer((self.settings.ingress_host, self.settings.ingress_port), self)

@@ -7,8 +7,9 @@ or model bytes. The JSON Schemas in docs/schemas/ are generated from these model
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from cloudevents.http import CloudEvent
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -124,7 +125,7 @@ def make_event(event_type: str, function: str, data: BaseModel | Mapping[str, An
         "source": f"/flts/{function}",
         "subject": body["identifier"],
         "id": str(uuid.uuid4()),
-        "time": datetime.now(timezone.utc).isoformat(),
+        "time": datetime.now(UTC).isoformat(),
         "datacontenttype": "application/json",
     }
     return CloudEvent(attributes, body)

@@ -20,8 +20,8 @@ from cloudevents.http import from_http
 
 from flts.events import MAX_EVENT_BYTES, EventError
 from flts.logs import error, log
-from flts.storage import InvalidKey, ObjectNotFound
 from flts.router import Handler
+from flts.storage import InvalidKey, ObjectNotFound
 
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 HEALTH_PATHS = ("/healthz", "/readyz")

@@ -18,15 +18,15 @@ or from a shell: ``python -m flts.infra up|down|status|env``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import functools
 import glob
-import random
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -38,9 +38,10 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from flts import routing
 
@@ -128,7 +129,7 @@ class InfraConfig:
     def log_file(self, name: str) -> Path:
         return self.state_dir / "logs" / f"{name}.log"
 
-    def replace(self, **changes) -> "InfraConfig":
+    def replace(self, **changes) -> InfraConfig:
         return dataclasses.replace(self, **changes)
 
 

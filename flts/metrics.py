@@ -23,7 +23,7 @@ class TargetScale:
     naive_mae: float  # in-sample one-step persistence MAE, the MASE denominator
 
     @classmethod
-    def fit(cls, train_target: np.ndarray) -> "TargetScale":
+    def fit(cls, train_target: np.ndarray) -> TargetScale:
         y = np.asarray(train_target, dtype=np.float64)
         std = float(y.std()) or 1.0
         naive = float(np.mean(np.abs(np.diff(y)))) if len(y) > 1 else 0.0

@@ -11,7 +11,7 @@ import hashlib
 import io
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import orjson
@@ -57,7 +57,7 @@ class PreprocessSettings:
             raise ConfigError(f"DROP_COLUMNS must not name the timestamp or target column: {sorted(kept)}")
 
     @classmethod
-    def from_env(cls, env: Env) -> "PreprocessSettings":
+    def from_env(cls, env: Env) -> PreprocessSettings:
         low, high = _quantiles(env_list(env, "CLIP_QUANTILES", "0.001,0.999"))
         return cls(
             timestamp_column=env_str(env, "TIMESTAMP_COLUMN", "time"),
@@ -336,7 +336,7 @@ def preprocess(store: ObjectStore, request: DatasetReady, settings: PreprocessSe
         "source_objects": sources,
         "config": config,
         "config_hash": digest,
-        "created_at": datetime.now(timezone.utc).isoformat(),
+        "created_at": datetime.now(UTC).isoformat(),
         "row_count": len(train),
         "test_row_count": len(test),
         "column_names": list(train.columns),

@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 from flts import routing
 from flts.events import EventError

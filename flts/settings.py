@@ -7,7 +7,7 @@ environment as a mapping so the embedded router can give each deployment its own
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 Env = Mapping[str, str]
 

@@ -297,6 +297,6 @@ def test_a_dependency_missing_from_the_lock_is_named(tmp_path, repo):
 
     shutil.copy(repo / "pyproject.toml", tmp_path / "pyproject.toml")
     lock = (repo / "requirements.lock").read_text()
-    (tmp_path / "requirements.lock").write_text("\n".join(l for l in lock.splitlines() if not l.startswith("starlette==")))
+    (tmp_path / "requirements.lock").write_text("\n".join(line for line in lock.splitlines() if not line.startswith("starlette==")))
     with pytest.raises(ValueError, match="starlette .*not in requirements.lock"):
         requirements_txt("infer", repo=tmp_path)

@@ -23,7 +23,8 @@ import pytest
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
-from flts import events, infra as fi, routing, stack
+from flts import events, routing, stack
+from flts import infra as fi
 from flts.dispatcher import Dispatcher, DispatchSettings, EventProducer, Routes, Subscription
 
 pytestmark = [
@@ -107,7 +108,7 @@ class FunctionProcess:
         self.log = workdir / "function.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "FunctionProcess":
+    def start(self) -> FunctionProcess:
         command = stack.functions_framework_command(self.source, self.port)
         env = {**os.environ, "FN_STATE": str(self.state), "THREADS": "4"}
         with open(self.log, "ab") as log:

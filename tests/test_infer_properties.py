@@ -2,8 +2,9 @@
 never a 5xx and the server keeps serving."""
 from __future__ import annotations
 
-import httpx
 import json
+
+import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from flts.serving.app import create_app
 from flts.serving.demo import last_rows, request_body
 from flts.serving.testing import LTE_FEATURES, persistence_onnx, promote, running_server
+
 
 def _dumps(value) -> bytes:
     return json.dumps(value).encode()  # the stdlib writes integers of any size (orjson stops at 64 bits)

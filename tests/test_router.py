@@ -7,8 +7,8 @@ import pytest
 from cloudevents.http import CloudEvent
 
 from flts import events, routing
-from flts.routing import Deployment
 from flts.router import EmbeddedRouter
+from flts.routing import Deployment
 
 HASH = "0123456789abcdef"
 CALLS: list[tuple[str, str, str | None, str | None]] = []  # (WHO, event type, SHARED, MODEL_TYPE)

@@ -175,7 +175,7 @@ class InferService:
             return _json(200, {
                 "status": "SUCCESS", "identifier": info.identifier, "model_type": info.model_type,
                 "run_id": info.run_id, "config_hash": info.config_hash,
-                "predictions": [{"ts": ts, target: v} for ts, v in zip(times, values)],
+                "predictions": [{"ts": ts, target: v} for ts, v in zip(times, values, strict=True)],
             })
         except RequestError as exc:
             status = exc.status

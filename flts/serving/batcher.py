@@ -169,7 +169,7 @@ class Batcher:
                     break
                 try:
                     item = await asyncio.wait_for(self.queue.get(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             items.append(item)
             size += len(item.x)

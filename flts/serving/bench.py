@@ -102,12 +102,12 @@ def ort_vs_torch(model, onnx_bytes: bytes, input_seq_len: int, n_features: int, 
         xt = torch.from_numpy(x)
         with torch.inference_mode():
             expected = model(xt).numpy()
-            torch_ms = _median_ms(lambda: model(xt), runs if batch == 1 else runs // 4)
+            torch_ms = _median_ms(lambda xt=xt: model(xt), runs if batch == 1 else runs // 4)
         ort_ms = {}
         for threads, session in sessions.items():
             got = session.run(["forecast"], {"input": x})[0]
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-2 * float(np.abs(expected).max()))
-            ort_ms[threads] = _median_ms(lambda: session.run(["forecast"], {"input": x}), runs if batch == 1 else runs // 4)
+            ort_ms[threads] = _median_ms(lambda s=session, x=x: s.run(["forecast"], {"input": x}), runs if batch == 1 else runs // 4)
         results[f"batch_{batch}"] = {"torch_eager_ms": round(torch_ms, 4), "ort_ms": round(ort_ms[1], 4),
                                      "ort_2_threads_ms": round(ort_ms[2], 4), "torch_over_ort": round(torch_ms / ort_ms[1], 2)}
     return results

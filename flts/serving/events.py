@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -119,7 +119,7 @@ def run_inference_job(store: ObjectStore, claim: DataClaim, settings: ServingSet
         "data": f"{claim.bucket}/{data_key}", "windows": int(len(forecasts)), "rows": int(len(times)),
         "metrics": _metrics(store, claim, model, forecasts, actuals, data_key, max_bytes),
         "seconds": round(time.perf_counter() - started, 3),
-        "created_at": datetime.now(timezone.utc).isoformat(),
+        "created_at": datetime.now(UTC).isoformat(),
     }
     put_json(store, bucket, f"{prefix}/metrics.json", summary)  # last: its presence means the job finished
     log("inference_job_done", identifier=claim.identifier, config_hash=claim.config_hash, run_id=model.info.run_id,

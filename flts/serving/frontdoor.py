@@ -100,7 +100,7 @@ class FrontDoor:
                                                          preexec_fn=_die_with_parent)
         try:
             await asyncio.wait_for(self._wait_ready(), self.start_timeout)
-        except (asyncio.TimeoutError, BackendUnavailable) as exc:
+        except (TimeoutError, BackendUnavailable) as exc:
             await self._terminate()
             self.state = "stopped"
             reason = f"did not become ready in {self.start_timeout:.0f} s" if isinstance(exc, asyncio.TimeoutError) else str(exc)
@@ -155,7 +155,7 @@ class FrontDoor:
             os.killpg(proc.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), 15)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             with _suppress_lookup():
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()

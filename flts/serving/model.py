@@ -72,7 +72,7 @@ class OrtPredictor:
                              f"it has inputs {list(inputs)} and outputs {list(outputs)}")
         shape = inputs[INPUT_NAME].shape
         expected = [None, spec.input_seq_len, len(spec.feature_columns)]
-        if len(shape) != 3 or any(isinstance(d, int) and e is not None and d != e for d, e in zip(shape, expected)):
+        if len(shape) != 3 or any(isinstance(d, int) and e is not None and d != e for d, e in zip(shape, expected, strict=False)):
             raise ModelError(f"ONNX input shape {shape} does not match [batch, {spec.input_seq_len}, "
                              f"{len(spec.feature_columns)}] from the pointer")
 

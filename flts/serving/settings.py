@@ -41,7 +41,7 @@ class ServingSettings:
     log_lines_per_second: int = 5
 
     @classmethod
-    def from_env(cls, env: Env) -> "ServingSettings":
+    def from_env(cls, env: Env) -> ServingSettings:
         settings = cls(
             max_inflight=env_int(env, "MAX_INFLIGHT", cls.max_inflight, minimum=1),
             queue_maxsize=env_int(env, "QUEUE_MAXSIZE", cls.queue_maxsize, minimum=1),

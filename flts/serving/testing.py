@@ -9,7 +9,7 @@ import contextlib
 import socket
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -65,7 +65,7 @@ def promote(store: ObjectStore, model_bytes: bytes, *, identifier: str = "PobleS
     pointer = PromotionPointer(
         identifier=identifier, config_hash=config_hash, run_id=run_id, model_type=model_type,
         experiment="test", model_uri=f"runs:/{run_id}/{model_type}", rmse=1.0, mae=1.0, mse=1.0, score=1.0,
-        timestamp=timestamp or datetime.now(timezone.utc).isoformat(), weights={"rmse": 0.5, "mae": 0.3, "mse": 0.2},
+        timestamp=timestamp or datetime.now(UTC).isoformat(), weights={"rmse": 0.5, "mae": 0.3, "mse": 0.2},
         artifact_bucket=artifact_bucket, artifact_key=artifact_key, artifact_format=artifact_format,
         input_seq_len=input_seq_len, output_seq_len=output_seq_len, feature_columns=list(feature_columns),
         target=target, timestamp_column="time", frequency_seconds=frequency_seconds,

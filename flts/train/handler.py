@@ -16,8 +16,6 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from flts import events
 from flts.events import DataClaim, EventError, ModelTraining
 from flts.logs import error, log

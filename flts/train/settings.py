@@ -43,7 +43,7 @@ class TrainSettings:
     artifact_root: str = ""
 
     @classmethod
-    def from_env(cls, env: Env) -> "TrainSettings":
+    def from_env(cls, env: Env) -> TrainSettings:
         model_type = env_str(env, "MODEL_TYPE", "").strip().upper()
         if model_type not in MODEL_TYPES:
             raise ConfigError(f"MODEL_TYPE must be one of {list(MODEL_TYPES)}, got {env.get('MODEL_TYPE')!r}")
