@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from flts import routing
 from flts.events import EventError
-from flts.logs import log
+from flts.logs import log, set_component
 from flts.settings import Env
 from flts.storage import InvalidKey
 
@@ -74,6 +74,7 @@ class EmbeddedRouter:
         return self._handlers[spec]
 
     def _deliver(self, deployment: routing.Deployment, event) -> None:
+        set_component(deployment.name)  # log lines name the function, as in their own process
         started = time.perf_counter()
         try:
             # Loading inside the try: a deployment whose code is missing dead-letters, the bus goes on.
