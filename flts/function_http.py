@@ -46,8 +46,16 @@ def serve_events(request, handler: Handler, env=None):
         event = from_http(dict(request.headers), body)
     except Exception as exc:  # the SDK raises several types for malformed events
         return _json(400, error=f"not a valid CloudEvent: {exc}")
+    sink = env.get("K_SINK")
+    emitted = []
     try:
-        emitted = handler(event, env) or []
+        for out in handler(event, env) or []:  # a generator handler emits as it goes
+            if sink:  # e.g. a trainer's RUNNING leaves now, not when training ends
+                _to_sink(sink, out)
+            emitted.append(out)
+    except SinkError as exc:  # 502 so the caller redelivers (handlers are idempotent)
+        error("sink_failed", event_type=event["type"], event_id=event["id"], error=str(exc))
+        return _json(502, error=str(exc))
     except (EventError, InvalidKey) as exc:
         error("event_rejected", event_type=event["type"], event_id=event["id"], error=str(exc))
         return _json(400, error=str(exc))
@@ -58,18 +66,22 @@ def serve_events(request, handler: Handler, env=None):
         error("event_failed", event_type=event["type"], event_id=event["id"], error=f"{type(exc).__name__}: {exc}")
         return _json(500, error=f"{type(exc).__name__}: {exc}")
     log("event_handled", event_type=event["type"], event_id=event["id"], emitted=[e["type"] for e in emitted])
+    return ("", 202, {}) if sink else reply(emitted)
+
+
+class SinkError(RuntimeError):
+    """K_SINK did not take an output event."""
+
+
+def _to_sink(sink: str, event) -> None:
     try:
-        return reply(emitted, env.get("K_SINK"))
-    except Exception as exc:  # noqa: BLE001 - the sink is down: 502 so the caller redelivers (handlers are idempotent)
-        error("sink_failed", event_type=event["type"], event_id=event["id"], error=f"{type(exc).__name__}: {exc}")
-        return _json(502, error=f"cannot deliver the output to K_SINK: {type(exc).__name__}: {exc}")
+        post_event(sink, event)
+    except Exception as exc:  # noqa: BLE001 - any failure means the output is not delivered
+        raise SinkError(f"cannot deliver the output to K_SINK: {type(exc).__name__}: {exc}") from exc
 
 
-def reply(emitted: list, sink: str | None):
-    if sink:
-        for event in emitted:
-            post_event(sink, event)
-        return "", 202, {}
+def reply(emitted: list):
+    """The outputs as the HTTP answer (Knative Broker reply; our dispatcher reads it too)."""
     if not emitted:
         return "", 202, {}
     if len(emitted) == 1:

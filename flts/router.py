@@ -78,7 +78,7 @@ class EmbeddedRouter:
         started = time.perf_counter()
         try:
             # Loading inside the try: a deployment whose code is missing dead-letters, the bus goes on.
-            emitted = self._handler(deployment.handler)(event, {**self.env, **deployment.env}) or []
+            emitted = list(self._handler(deployment.handler)(event, {**self.env, **deployment.env}) or [])
             for out in emitted:  # refuse the whole output before any of it is published
                 routing.topic_of(out["type"])
             error = None

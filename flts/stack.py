@@ -11,7 +11,9 @@ Ports: deployment i of routing.DEPLOYMENTS listens on FLTS_FUNCTION_BASE_PORT + 
 18100); the dispatcher ingress on FLTS_DISPATCHER_PORT (default 18090).
 
 How a function folder is served (the hook): a folder listed in COMMANDS runs that command
-(infer: its own uvicorn server, `python -m flts.serving serve`). Any other folder's
+(infer: the scale-to-zero front door `python -m flts.serving frontdoor` on infer's port,
+which starts `python -m flts.serving serve` on a private port when a request comes and
+stops it after SCALE_TO_ZERO_GRACE_SECONDS idle). Any other folder's
 `functions/<folder>/main.py` is read (not imported) to find its functions-framework entry
 point: the function decorated with `functions_framework.http` / `cloud_event` is the
 `--target`; one decorated with `functions_framework.aio.*` is served with `--asgi`. A
@@ -28,9 +30,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from flts import infra, routing
 from flts.settings import ConfigError
@@ -87,6 +89,7 @@ class Process:
     health_url: str
     url: str
     missing: str | None = None  # why it cannot run (e.g. no functions/<f>/main.py yet)
+    scale_to_zero: bool = False  # a front door: health_url is its status, the function runs on demand
 
 
 # --------------------------------------------------------------------------- launch
@@ -123,16 +126,22 @@ def functions_framework_command(source: Path, port: int, host: str = "127.0.0.1"
 
 # The hook: a function folder whose process is not "functions-framework on main.py" maps
 # to its own command here. infer is a plain Starlette app on uvicorn (functions/infer/main.py,
-# flts.serving.server); `python -m flts.serving frontdoor` would add scale to zero in front.
+# flts.serving.server) and scales to zero: what listens on its port is the front door
+# (flts.serving.frontdoor), which holds the first request, starts `flts.serving serve` on a
+# private free port, forwards once its /readyz is 200 and stops it after
+# SCALE_TO_ZERO_GRACE_SECONDS (read from the environment) without traffic. CloudEvents from
+# the dispatcher (POST /) and /predict both come through it.
 COMMANDS: dict[str, Callable[[Path, int, str], list[str]]] = {
-    "infer": lambda source, port, host: [sys.executable, "-m", "flts.serving", "serve",
+    "infer": lambda source, port, host: [sys.executable, "-m", "flts.serving", "frontdoor",
                                          "--host", host, "--port", str(port)],
 }
 
-# What a healthy process answers on GET (functions-framework @http functions answer every
-# path; our serve_events says 400 to a GET that carries no event, which still proves the
-# process has loaded its code and serves).
+# What a healthy process answers on GET: /healthz (functions-framework functions and the
+# dispatcher). A front door is probed on its own status route, which it answers itself:
+# probing /healthz through it would start the function it keeps scaled to zero.
 HEALTH_PATH = "/healthz"
+FRONTDOOR_STATUS_PATH = "/_frontdoor/status"  # flts.serving.frontdoor.STATUS_PATH
+SCALES_TO_ZERO = frozenset({"infer"})  # folders whose COMMANDS entry is a front door
 
 
 def plan(cfg: StackConfig, deployments: list[str] | None = None) -> list[Process]:
@@ -157,8 +166,10 @@ def plan(cfg: StackConfig, deployments: list[str] | None = None) -> list[Process
                 command = functions_framework_command(source, port, cfg.host)
         except (StackError, SyntaxError) as exc:
             missing = str(exc)
-        processes.append(Process(f"fn-{deployment.name}", "function", port, command, env,
-                                 url.rstrip("/") + HEALTH_PATH, url, missing))
+        frontdoor = deployment.function in SCALES_TO_ZERO
+        health = url.rstrip("/") + (FRONTDOOR_STATUS_PATH if frontdoor else HEALTH_PATH)
+        processes.append(Process(f"fn-{deployment.name}", "function", port, command, env, health, url, missing,
+                                 scale_to_zero=frontdoor))
         if missing is None:
             targets[deployment.name] = url
     dispatcher_env = {
@@ -320,6 +331,39 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
+def _in_workdir(cfg: StackConfig, name: str) -> list[int]:
+    """Live processes whose working directory is <state>/<name>: what `name` started, even in
+    another session (the front door starts the infer process in a session of its own)."""
+    workdir, found = str(_workdir(cfg, name)), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.readlink(f"/proc/{entry}/cwd") == workdir and _alive(int(entry)):
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def _stop_leftovers(cfg: StackConfig, name: str, timeout: float = STOP_TIMEOUT_SEC) -> list[int]:
+    """After `name` stopped: SIGTERM, then SIGKILL, whatever still runs in its working directory
+    (normally nothing: the front door stops its function itself, or it dies with the door)."""
+    left = _in_workdir(cfg, name)
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+        for pid in left:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = [pid for pid in left if _alive(pid)]
+        if not left:
+            break
+    return left
+
+
 def stop_process(cfg: StackConfig, name: str, timeout: float = STOP_TIMEOUT_SEC) -> bool:
     """SIGTERM the process group (gunicorn master and workers), SIGKILL what is left after `timeout`."""
     pid = running_pid(cfg, name)
@@ -397,6 +441,8 @@ def down(cfg: StackConfig | None = None, with_infra: bool = True) -> list[str]:
     for name in _known_function_names(cfg):
         if stop_process(cfg, name):
             stopped.append(name)
+        if _stop_leftovers(cfg, name) and name not in stopped:
+            stopped.append(name)
     if with_infra:
         stopped += infra.stop_all(cfg.infra)
     cfg.plan_file.unlink(missing_ok=True)
@@ -413,27 +459,64 @@ def _known_function_names(cfg: StackConfig) -> list[str]:
 
 
 def status(cfg: StackConfig | None = None) -> list[dict]:
-    """One row per service and process: name, kind, pid, url, state (healthy/UNHEALTHY/stopped/missing)."""
+    """One row per service and process: name, kind, pid, url, state (healthy/UNHEALTHY/stopped/missing).
+
+    A front door's row (infer) also has `frontdoor` (its GET /_frontdoor/status: backend
+    state, pid, cold starts), `scaled_to_zero` (no function process runs behind it now) and
+    a readable `note`.
+    """
     cfg = cfg or StackConfig()
     rows = [{"name": r["name"], "kind": "infra", "pid": r["pid"], "url": r["url"],
              "state": "healthy" if r["healthy"] else ("UNHEALTHY" if r["pid"] else "stopped")}
             for r in infra.status(cfg.infra)]
     for proc in _load_plan(cfg) or plan(cfg):
         pid = running_pid(cfg, proc.name)
+        door = frontdoor_status(proc) if proc.scale_to_zero and pid is not None else None
         if proc.missing:
             state = "missing"
         elif pid is None:
             state = "stopped"
+        elif proc.scale_to_zero:
+            state = "healthy" if door is not None else "UNHEALTHY"
         else:
             state = "healthy" if http_ok(proc.health_url) else "UNHEALTHY"
-        rows.append({"name": proc.name, "kind": proc.kind, "pid": pid, "url": proc.url, "state": state})
+        row = {"name": proc.name, "kind": proc.kind, "pid": pid, "url": proc.url, "state": state}
+        if proc.scale_to_zero:
+            row.update(frontdoor=door, scaled_to_zero=door is not None and door["backend"] == "stopped",
+                       note=_frontdoor_note(door) if door else "front door (scale to zero)")
+        rows.append(row)
     return rows
 
 
+def frontdoor_status(proc: Process, timeout: float = 2.0) -> dict | None:
+    """A front door's own view (it answers without waking the function), or None if it does not answer."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(proc.health_url, timeout=timeout) as response:
+            body = json.loads(response.read())
+    except (OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) and "backend" in body else None
+
+
+def _frontdoor_note(door: dict) -> str:
+    starts = f"{door['starts']} cold start(s)"
+    if door["cold_starts"]:
+        starts += f", last {door['cold_starts'][-1]:.2f}s"
+    if door["backend"] == "stopped":
+        return f"front door; infer scaled to zero (grace {door['grace_seconds']:g}s; {starts})"
+    if door["backend"] == "running":
+        return (f"front door; infer running, pid {door['pid']} on :{door['backend_port']}, idle "
+                f"{door['idle_seconds']:.0f}s of {door['grace_seconds']:g}s grace ({starts})")
+    return f"front door; infer {door['backend']} ({starts})"
+
+
 def format_status(rows: list[dict]) -> str:
-    lines = [f"{'NAME':<18} {'KIND':<10} {'STATE':<10} {'PID':<8} URL"]
+    width = max([len("URL"), *(len(r["url"]) for r in rows)])
+    lines = [f"{'NAME':<18} {'KIND':<10} {'STATE':<10} {'PID':<8} {'URL':<{width}}  NOTE".rstrip()]
     for r in rows:
-        lines.append(f"{r['name']:<18} {r['kind']:<10} {r['state']:<10} {str(r['pid'] or '-'):<8} {r['url']}")
+        line = f"{r['name']:<18} {r['kind']:<10} {r['state']:<10} {str(r['pid'] or '-'):<8} {r['url']:<{width}}"
+        lines.append(f"{line}  {r.get('note') or ''}".rstrip())
     return "\n".join(lines)
 
 

@@ -24,6 +24,7 @@ from flts.storage import FileStore
 REPO_SOURCE = "functions/preprocess/main.py"
 CSV = b"time,down,up\n" + b"".join(f"2020-01-01 00:{m:02d},{m},{m * 2}\n".encode() for m in range(0, 40, 2))
 READY = {"bucket": "raw-data", "object_key": "site/site.csv", "identifier": "site"}
+TRAINING = {"model_type": "GRU", "config_hash": "c0ffee00c0ffee00", "identifier": "site"}
 CE_HEADERS = {"ce-specversion": "1.0", "ce-type": events.DATASET_READY, "ce-source": "/test", "ce-id": "1",
               "Content-Type": "application/json"}
 
@@ -230,3 +231,22 @@ def test_health_routes_answer_200_without_an_event(client, path):
 
 def test_a_get_elsewhere_is_not_taken_for_health(client):
     assert client.get("/").status_code == 400
+
+
+def test_a_generator_handler_reaches_k_sink_as_it_goes(sink):
+    """A trainer yields RUNNING, then trains: RUNNING must be at the sink before the handler goes on."""
+    url, received = sink
+    seen_at_sink_before_second = []
+
+    def handler(event, env):
+        yield events.make_event(events.MODEL_TRAINING, "train", {**TRAINING, "status": "RUNNING"})
+        seen_at_sink_before_second.append(len(received))
+        yield events.make_event(events.MODEL_TRAINING, "train", {**TRAINING, "status": "SUCCESS", "run_id": "r1"})
+
+    app = flask.Flask("test")
+    app.add_url_rule("/", "event", lambda: serve_events(flask.request, handler, env={"K_SINK": url}), methods=["POST"])
+    response = app.test_client().post("/", data=orjson.dumps(READY), headers=CE_HEADERS)
+    assert response.status_code == 202
+    assert seen_at_sink_before_second == [1]
+    statuses = [orjson.loads(body)["status"] for _, body in received]
+    assert statuses == ["RUNNING", "SUCCESS"]

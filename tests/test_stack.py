@@ -15,7 +15,8 @@ import uuid
 import pyarrow.parquet as pq
 import pytest
 
-from flts import cli, events, infra as fi, routing, stack
+from flts import cli, events, routing, stack
+from flts import infra as fi
 from flts.dispatcher import event_from_kafka
 from flts.storage import InvalidKey, store_from_env
 
@@ -48,7 +49,8 @@ def test_plan_gives_every_deployment_its_process_port_and_env(offline_cfg):
     pre = by_name["fn-preprocess"]
     assert pre.missing is None and pre.command[-6:] == ["--target", "preprocess", "--host", "127.0.0.1", "--port",
                                                         str(pre.port)]
-    assert by_name["fn-infer"].command[1:4] == ["-m", "flts.serving", "serve"]  # the COMMANDS hook
+    assert by_name["fn-infer"].command[1:4] == ["-m", "flts.serving", "frontdoor"]  # the COMMANDS hook: scale to zero
+    assert by_name["fn-infer"].scale_to_zero and by_name["fn-infer"].health_url.endswith("/_frontdoor/status")
     dispatcher = by_name["dispatcher"]
     targets = dispatcher.env["DISPATCH_TARGETS"].split(",")
     present = [p for p in functions if p.missing is None]
@@ -140,8 +142,9 @@ def _claim_for(bootstrap: str, identifier: str, timeout: float = 180.0):
 def test_preprocess_through_the_full_stack_on_poblesec(infra, lte_dir, monkeypatch):
     base = stack.free_port_block(len(routing.DEPLOYMENTS) + 1)
     cfg = stack.StackConfig(infra=infra, function_base_port=base + 1, dispatcher_port=base)
-    # a group of our own: events other tests left on dataset-ready are not ours to process
+    # a group of our own, starting at the end: events other tests left on the topics are not ours
     monkeypatch.setenv("DISPATCH_GROUP_PREFIX", f"test-{uuid.uuid4().hex[:8]}-")
+    monkeypatch.setenv("DISPATCH_OFFSET_RESET", "latest")
     identifier = f"PobleSec-{uuid.uuid4().hex[:8]}"
     group_pids: set[int] = set()
     try:

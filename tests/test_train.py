@@ -96,14 +96,16 @@ def download(env: dict, run_id: str, path: str, dst: Path) -> Path:
     return Path(mlflow_client(env).download_artifacts(run_id, path, str(dst)))
 
 
-def succeeded(out: list) -> dict:
+def succeeded(out) -> dict:
+    out = list(out)
     assert [e["type"] for e in out] == [events.MODEL_TRAINING] * 2
     assert out[0].data["status"] == "RUNNING"
     assert out[1].data["status"] == "SUCCESS", out[1].data.get("error")
     return out[1].data
 
 
-def failed(out: list) -> str:
+def failed(out) -> str:
+    out = list(out)
     assert [e.data["status"] for e in out] == ["RUNNING", "FAILED"]
     return out[1].data["error"]
 
@@ -307,17 +309,17 @@ def test_too_few_rows_for_validation(env, lte_dir):
 
 def test_invalid_events_are_rejected():
     with pytest.raises(EventError, match="not handled here"):
-        handle(events.make_event(events.DATASET_READY, "test", {"bucket": "b", "object_key": "k", "identifier": "i"}),
-               {"MODEL_TYPE": "GRU"})
+        list(handle(events.make_event(events.DATASET_READY, "test", {"bucket": "b", "object_key": "k", "identifier": "i"}),
+                    {"MODEL_TYPE": "GRU"}))
     bare = CloudEvent({"type": events.TRAINING_DATA, "source": "/test"}, {"bucket": "processed-data", "identifier": "x"})
     with pytest.raises(EventError, match="missing field 'object_key'"):
-        handle(bare, {"MODEL_TYPE": "GRU"})
+        list(handle(bare, {"MODEL_TYPE": "GRU"}))
 
 
 def test_unknown_model_type_is_a_configuration_error(env, lte_dir):
     train, test = lte_frames(lte_dir, train_rows=100, test_rows=30)
     with pytest.raises(ConfigError, match="MODEL_TYPE must be one of"):
-        handle(claim_event(env, train, test), {**env, "MODEL_TYPE": "XGBOOST"})
+        list(handle(claim_event(env, train, test), {**env, "MODEL_TYPE": "XGBOOST"}))
 
 
 # ---------------------------------------------------------------- the HTTP entry

@@ -13,6 +13,7 @@ import re
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,15 +49,18 @@ class Outcome:
     deduplicated: bool = False
 
 
-def handle(event, env: Env) -> list:
-    """Returns [RUNNING, SUCCESS|FAILED]; raises EventError only for an invalid event."""
+def handle(event, env: Env) -> Iterator:
+    """Yields RUNNING at the start, then SUCCESS or FAILED; raises EventError only for an invalid event.
+
+    A generator, so the HTTP entry can send RUNNING through K_SINK before training begins.
+    """
     claim: DataClaim = events.parse_data(event, (events.TRAINING_DATA,))
     if not _SAFE_TAG.match(claim.config_hash):
         raise EventError(f"{events.TRAINING_DATA}: config_hash {claim.config_hash!r} may only hold letters, digits, '.', '_' and '-'")
     settings = TrainSettings.from_env(env)  # a misconfigured deployment raises ConfigError
     job = Job(claim, settings, claim.target or settings.target, claim.timestamp_column or settings.timestamp_column,
               settings.experiment_name or f"flts-{claim.identifier}")
-    running = _event(job, "RUNNING")
+    yield _event(job, "RUNNING")
     log("train_start", model_type=settings.model_type, identifier=claim.identifier, config_hash=claim.config_hash,
         object_key=claim.object_key, experiment=job.experiment)
     try:
@@ -67,12 +71,12 @@ def handle(event, env: Env) -> list:
         error("train_failed", model_type=settings.model_type, identifier=claim.identifier,
               config_hash=claim.config_hash, error=message,
               **({} if expected else {"traceback": traceback.format_exc(limit=8)}))
-        return [running, _event(job, "FAILED", error=message)]
+        yield _event(job, "FAILED", error=message)
+        return
     log("train_success_publish", model_type=settings.model_type, identifier=claim.identifier,
         config_hash=claim.config_hash, run_id=outcome.run_id, experiment=job.experiment,
         deduplicated=outcome.deduplicated, metrics=outcome.metrics)
-    return [running, _event(job, "SUCCESS", run_id=outcome.run_id, metrics=outcome.metrics,
-                            deduplicated=outcome.deduplicated)]
+    yield _event(job, "SUCCESS", run_id=outcome.run_id, metrics=outcome.metrics, deduplicated=outcome.deduplicated)
 
 
 def _event(job: Job, status: str, **extra):
