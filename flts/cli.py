@@ -22,6 +22,31 @@ def _demo(args) -> int:
     return run_demo(dataset=args.dataset, workdir=Path(args.workdir), fresh=args.fresh, stages=args.until)
 
 
+def _predict(args) -> int:
+    """POST the last rows of a CSV to a running infer and print the forecast."""
+    import urllib.error
+    import urllib.request
+
+    import orjson
+
+    from flts.serving.demo import last_rows, request_body
+
+    body = request_body(last_rows(Path(args.csv), args.rows), args.timestamp_column)
+    request = urllib.request.Request(args.url.rstrip("/") + "/predict", data=orjson.dumps(body),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            answer = orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:  # a 4xx/5xx carries the reason in its JSON body
+        print(f"{args.url} answered {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"cannot reach {args.url}: {exc} (is the stack up? `flts status`)", file=sys.stderr)
+        return 1
+    print(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
 def _bench(args) -> int:
     from flts.serving.bench import main
 
@@ -39,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--fresh", action="store_true", help="start from an empty workdir")
     demo.add_argument("--until", default="all", choices=["preprocess", "all"], help="stop after this stage")
     demo.set_defaults(func=_demo)
+
+    predict = sub.add_parser("predict", help="forecast from the last rows of a CSV with a running infer (POST /predict)")
+    predict.add_argument("csv", help="a CSV with the timestamp and the model's feature columns")
+    predict.add_argument("--url", default="http://127.0.0.1:18105", help="infer's base URL (default: the local stack's)")
+    predict.add_argument("--rows", type=int, default=10, help="how many of the last rows to send (default 10)")
+    predict.add_argument("--timestamp-column", default="time")
+    predict.add_argument("--timeout", type=float, default=30.0, help="seconds (a cold start from zero included)")
+    predict.set_defaults(func=_predict)
 
     schemas = sub.add_parser("schemas", help="write the event JSON Schemas (docs/schemas)")
     schemas.add_argument("--out", default="docs/schemas")

@@ -22,7 +22,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from flts import events, routing, stack
+from flts import cli, events, routing, stack
 from flts import infra as fi
 from flts.dispatcher import event_from_kafka
 
@@ -162,7 +162,7 @@ def _infer_url(cfg) -> str:
 
 
 # --------------------------------------------------------------------------- the test
-def test_pipeline_through_the_full_stack_and_infer_scales_to_zero(full_stack, infra, elborn_slice):
+def test_pipeline_through_the_full_stack_and_infer_scales_to_zero(full_stack, infra, elborn_slice, capsys):
     cfg, seen_pids = full_stack
     train_csv, test_csv, test = elborn_slice
     identifier = f"ElBorn-{uuid.uuid4().hex[:8]}"
@@ -244,4 +244,11 @@ def test_pipeline_through_the_full_stack_and_infer_scales_to_zero(full_stack, in
         restarted = _frontdoor(cfg)
         assert restarted["starts"] == running["starts"] + 1 and restarted["pid"] != running["pid"]
         seen_pids.add(restarted["pid"])
+
+    # `flts predict` sends the test CSV's last 10 rows and prints the answer
+    capsys.readouterr()
+    assert cli.main(["predict", str(test_csv), "--url", _infer_url(cfg)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["run_id"] == pointer.run_id
+    assert datetime.fromisoformat(printed["predictions"][0]["ts"]) == test["time"].map(datetime.fromisoformat).max() + timedelta(minutes=2)
     print(f"cold start /predict: {first:.2f}s; front door cold starts: {restarted['cold_starts']}")
