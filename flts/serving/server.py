@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 
 APP_FACTORY = "flts.serving.app:create_app"
@@ -27,13 +28,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def serve(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    own_metrics_dir = args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if own_metrics_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="flts-prom-")
     import uvicorn
 
-    uvicorn.run(
-        APP_FACTORY, factory=True, host=args.host, port=args.port, workers=args.workers,
-        loop="uvloop", http="httptools", lifespan="on", access_log=False, log_level=args.log_level,
-        backlog=4096, timeout_keep_alive=30, timeout_graceful_shutdown=20,
-    )
+    try:
+        uvicorn.run(
+            APP_FACTORY, factory=True, host=args.host, port=args.port, workers=args.workers,
+            loop="uvloop", http="httptools", lifespan="on", access_log=False, log_level=args.log_level,
+            backlog=4096, timeout_keep_alive=30, timeout_graceful_shutdown=20,
+        )
+    finally:
+        if own_metrics_dir:  # the samples die with the workers; leave no folder behind
+            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
     return 0
