@@ -22,19 +22,16 @@ deployment whose main.py does not exist yet is reported as "missing" and skipped
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from flts import infra, routing
+from flts import infra, processes, routing
 from flts.settings import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +145,7 @@ def plan(cfg: StackConfig, deployments: list[str] | None = None) -> list[Process
     """The function processes (routing.DEPLOYMENTS order) and the dispatcher, with ports and env."""
     chosen = _choose(deployments)
     base_env = {**infra.client_env(cfg.infra), "K_SINK": cfg.ingress_url, "PYTHONUNBUFFERED": "1"}
-    processes, targets = [], {}
+    planned, targets = [], {}
     for index, deployment in enumerate(routing.DEPLOYMENTS):
         if deployment.name not in chosen:
             continue
@@ -168,8 +165,8 @@ def plan(cfg: StackConfig, deployments: list[str] | None = None) -> list[Process
             missing = str(exc)
         frontdoor = deployment.function in SCALES_TO_ZERO
         health = url.rstrip("/") + (FRONTDOOR_STATUS_PATH if frontdoor else HEALTH_PATH)
-        processes.append(Process(f"fn-{deployment.name}", "function", port, command, env, health, url, missing,
-                                 scale_to_zero=frontdoor))
+        planned.append(Process(f"fn-{deployment.name}", "function", port, command, env, health, url, missing,
+                               scale_to_zero=frontdoor))
         if missing is None:
             targets[deployment.name] = url
     dispatcher_env = {
@@ -179,9 +176,9 @@ def plan(cfg: StackConfig, deployments: list[str] | None = None) -> list[Process
         "DISPATCH_INGRESS_PORT": str(cfg.dispatcher_port),
         "PYTHONUNBUFFERED": "1",
     }
-    processes.append(Process(DISPATCHER, "dispatcher", cfg.dispatcher_port, [sys.executable, "-m", "flts.dispatcher"],
-                             dispatcher_env, f"http://{cfg.host}:{cfg.dispatcher_port}/readyz", cfg.ingress_url))
-    return processes
+    planned.append(Process(DISPATCHER, "dispatcher", cfg.dispatcher_port, [sys.executable, "-m", "flts.dispatcher"],
+                           dispatcher_env, f"http://{cfg.host}:{cfg.dispatcher_port}/readyz", cfg.ingress_url))
+    return planned
 
 
 def _choose(deployments: list[str] | None) -> set[str]:
@@ -198,47 +195,13 @@ def _choose(deployments: list[str] | None) -> set[str]:
 # Each process runs in its own session (so a stop reaches gunicorn's workers too), with its
 # working directory <state>/<name>: a pid counts as ours only if it still runs there, so a
 # stale pid file can never make `flts down` signal somebody else's process.
-def http_ok(url: str, timeout: float = 2.0) -> bool:
-    """The process answers its health route with a 2xx."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(url, timeout=timeout) as response:
-            return 200 <= response.status < 300
-    except (OSError, ValueError):  # HTTPError (a non-2xx answer) is an OSError too
-        return False
-
-
-def _workdir(cfg: StackConfig, name: str) -> Path:
+def workdir(cfg: StackConfig, name: str) -> Path:
     return cfg.infra.state_dir / name
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is our own exited child
-    except OSError:
-        pass
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
 
 
 def running_pid(cfg: StackConfig, name: str) -> int | None:
     """The pid of our running process `name`, or None (a stale pid file is removed)."""
-    path = cfg.infra.pid_file(name)
-    try:
-        pid = int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    try:
-        ours = os.readlink(f"/proc/{pid}/cwd") == str(_workdir(cfg, name))
-    except OSError:
-        ours = False
-    if ours and _alive(pid):
-        return pid
-    path.unlink(missing_ok=True)
-    return None
+    return processes.owned_pid(cfg.infra.pid_file(name), workdir(cfg, name))
 
 
 def free_port_block(size: int, host: str = "127.0.0.1") -> int:
@@ -247,21 +210,9 @@ def free_port_block(size: int, host: str = "127.0.0.1") -> int:
 
     for _ in range(500):
         base = random.randrange(20000, 32000 - size)
-        if not any(_port_in_use(host, port) for port in range(base, base + size)):
+        if not any(processes.port_in_use(host, port) for port in range(base, base + size)):
             return base
     raise StackError(f"no {size} free consecutive ports found in 20000-32000")
-
-
-def _port_in_use(host: str, port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 def start_process(cfg: StackConfig, proc: Process) -> int:
@@ -269,99 +220,34 @@ def start_process(cfg: StackConfig, proc: Process) -> int:
     pid = running_pid(cfg, proc.name)
     if pid is not None:
         return pid
-    if _port_in_use(cfg.host, proc.port):
+    if processes.port_in_use(cfg.host, proc.port):
         knob = "FLTS_DISPATCHER_PORT" if proc.kind == "dispatcher" else "FLTS_FUNCTION_BASE_PORT"
         raise StackError(f"{proc.name}: port {proc.port} is in use by another process; set {knob} "
                          f"to free ports (or stop that process)")
-    workdir, log = _workdir(cfg, proc.name), cfg.infra.log_file(proc.name)
-    for folder in (workdir, log.parent, cfg.infra.pid_file(proc.name).parent):
-        folder.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost", **proc.env}
-    with open(log, "ab") as out:
-        out.write(f"\n===== flts.stack: starting {proc.name} {time.strftime('%Y-%m-%d %H:%M:%S')} =====\n".encode())
-        out.flush()
-        cfg.infra.state_dir.joinpath("run", f"{proc.name}.offset").write_text(str(out.tell()))
-        popen = subprocess.Popen(proc.command, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                 stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
-    cfg.infra.pid_file(proc.name).write_text(f"{popen.pid} {proc.port}\n")
+    log = cfg.infra.log_file(proc.name)
+    processes.log_mark(log, proc.name)
+    popen = processes.spawn(proc.command, env=proc.env, cwd=workdir(cfg, proc.name), log_path=log)
+    processes.write_pid_file(cfg.infra.pid_file(proc.name), popen.pid, proc.port)
     return popen.pid
 
 
-def _log_tail(cfg: StackConfig, name: str, lines: int = 30) -> str:
-    try:
-        offset = int(cfg.infra.state_dir.joinpath("run", f"{name}.offset").read_text())
-        with open(cfg.infra.log_file(name), "rb") as fh:
-            fh.seek(offset)
-            text = fh.read().decode("utf-8", "replace")
-    except (OSError, ValueError):
-        return "    (no log)"
-    return "\n".join("    " + line for line in text.splitlines()[-lines:]) or "    (empty log)"
-
-
 def wait_healthy(cfg: StackConfig, procs: list[Process], timeout: float | None = None) -> None:
-    """Probe until every process answers; a process that dies is reported with its log tail."""
-    timeout = cfg.start_timeout if timeout is None else timeout
-    deadline = time.monotonic() + timeout
-    pending = list(procs)
-    while pending:
-        for proc in list(pending):
-            if running_pid(cfg, proc.name) is None:
-                raise StackError(f"{proc.name} exited during startup; log {cfg.infra.log_file(proc.name)}:\n"
-                                 + _log_tail(cfg, proc.name))
-            if http_ok(proc.health_url, timeout=1.0):  # the dispatcher's /readyz is 503 until consumers join
-                pending.remove(proc)
-        if pending and time.monotonic() > deadline:
-            raise StackError(f"{[p.name for p in pending]} not healthy after {timeout:.0f}s; logs in "
-                             f"{cfg.infra.state_dir / 'logs'}")
-        if pending:
-            time.sleep(0.3)
+    """Probe until every process answers; a process that dies is reported with its log tail.
 
-
-def _group_members(pgid: int) -> list[int]:
-    members = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-                members.append(int(entry))
-    return members
-
-
-def _in_workdir(cfg: StackConfig, name: str) -> list[int]:
-    """Live processes whose working directory is <state>/<name>: what `name` started, even in
-    another session (the front door starts the infer process in a session of its own)."""
-    workdir, found = str(_workdir(cfg, name)), []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if os.readlink(f"/proc/{entry}/cwd") == workdir and _alive(int(entry)):
-                    found.append(int(entry))
-            except OSError:
-                continue
-    return found
-
-
-def _stop_leftovers(cfg: StackConfig, name: str, timeout: float = STOP_TIMEOUT_SEC) -> list[int]:
-    """After `name` stopped: SIGTERM, then SIGKILL, whatever still runs in its working directory
-    (normally nothing: the front door stops its function itself, or it dies with the door)."""
-    left = _in_workdir(cfg, name)
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-        for pid in left:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + wait
-        while left and time.monotonic() < deadline:
-            time.sleep(0.1)
-            left = [pid for pid in left if _alive(pid)]
-        if not left:
-            break
-    return left
+    They were started together, so waiting for one after the other takes no longer.
+    """
+    deadline = time.monotonic() + (cfg.start_timeout if timeout is None else timeout)
+    for proc in procs:
+        log, pid = cfg.infra.log_file(proc.name), running_pid(cfg, proc.name)
+        if pid is None:
+            raise StackError(f"{proc.name} exited during startup; log {log}:\n{processes.log_tail(log)}")
+        # the dispatcher's /readyz is 503 until its consumers have joined
+        healthy = functools.partial(processes.http_ok, proc.health_url, timeout=1.0)
+        try:
+            processes.wait_until(healthy, deadline - time.monotonic(), proc=pid, what=proc.name, log_path=log,
+                                 interval=0.3)
+        except processes.NotReady as exc:
+            raise StackError(str(exc)) from None
 
 
 def stop_process(cfg: StackConfig, name: str, timeout: float = STOP_TIMEOUT_SEC) -> bool:
@@ -369,16 +255,7 @@ def stop_process(cfg: StackConfig, name: str, timeout: float = STOP_TIMEOUT_SEC)
     pid = running_pid(cfg, name)
     if pid is None:
         return False
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(pid, sig)  # started with start_new_session: its pgid is its pid
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and (_alive(pid) or _group_members(pid)):
-            time.sleep(0.1)
-        if not (_alive(pid) or _group_members(pid)):
-            break
+    processes.stop_group(pid, timeout, what=name)
     cfg.infra.pid_file(name).unlink(missing_ok=True)
     return True
 
@@ -441,8 +318,13 @@ def down(cfg: StackConfig | None = None, with_infra: bool = True) -> list[str]:
     for name in _known_function_names(cfg):
         if stop_process(cfg, name):
             stopped.append(name)
-        if _stop_leftovers(cfg, name) and name not in stopped:
-            stopped.append(name)
+        # what still runs in its folder, even in another session: normally nothing (the front
+        # door stops the infer process itself, or it dies with the door)
+        leftovers = processes.pids_in(workdir(cfg, name))
+        if leftovers:
+            processes.stop_pids(leftovers, STOP_TIMEOUT_SEC)
+            if name not in stopped:
+                stopped.append(name)
     if with_infra:
         stopped += infra.stop_all(cfg.infra)
     cfg.plan_file.unlink(missing_ok=True)
@@ -479,7 +361,7 @@ def status(cfg: StackConfig | None = None) -> list[dict]:
         elif proc.scale_to_zero:
             state = "healthy" if door is not None else "UNHEALTHY"
         else:
-            state = "healthy" if http_ok(proc.health_url) else "UNHEALTHY"
+            state = "healthy" if processes.http_ok(proc.health_url) else "UNHEALTHY"
         row = {"name": proc.name, "kind": proc.kind, "pid": pid, "url": proc.url, "state": state}
         if proc.scale_to_zero:
             row.update(frontdoor=door, scaled_to_zero=door is not None and door["backend"] == "stopped",
@@ -490,10 +372,9 @@ def status(cfg: StackConfig | None = None) -> list[dict]:
 
 def frontdoor_status(proc: Process, timeout: float = 2.0) -> dict | None:
     """A front door's own view (it answers without waking the function), or None if it does not answer."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with opener.open(proc.health_url, timeout=timeout) as response:
-            body = json.loads(response.read())
+        code, text = processes.http_get(proc.health_url, timeout)
+        body = json.loads(text) if 200 <= code < 300 else None
     except (OSError, ValueError):
         return None
     return body if isinstance(body, dict) and "backend" in body else None

@@ -6,9 +6,7 @@ import importlib.util
 import os
 import re
 import socket
-import subprocess
 import sys
-import time
 import tomllib
 import urllib.error
 import urllib.request
@@ -17,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flts import deploy, routing
+from flts import deploy, processes, routing
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "template" / deploy.TEMPLATE
@@ -280,18 +278,6 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
         return exc.code
 
 
-def wait_until_listening(port: int, process: subprocess.Popen, log: Path, seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited with {process.returncode}: {log.read_text()[-2000:]}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"nothing listens on {port} after {seconds} s")
-
-
 @pytest.mark.parametrize("function", sorted(deploy.FUNCTIONS))
 def test_shrinkwrapped_function_starts_through_index_and_answers_on_its_routes(function, stack, tmp_path):
     """What the image runs (`python /app/index.py --listen ...`), on the shrinkwrapped code."""
@@ -301,11 +287,10 @@ def test_shrinkwrapped_function_starts_through_index_and_answers_on_its_routes(f
     env = {**os.environ, **stack["functions"][name]["build_args"], **deploy.deployment_env(routing.deployment(name)),
            "FLTS_OBJECT_DIR": str(tmp_path / "objects"), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
     log = tmp_path / "server.log"  # a file, not a pipe: a full pipe would block the server
-    with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, str(context / "index.py"), "--listen", f"127.0.0.1:{port}"],
-                                   cwd=context / "function", env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_until_listening(port, process, log)
+    command = [sys.executable, str(context / "index.py"), "--listen", f"127.0.0.1:{port}"]
+    with processes.running(command, cwd=context / "function", env=env, log_path=log, what="the server") as server:
+        processes.wait_until(lambda: processes.port_open("127.0.0.1", port), 60, proc=server, what="the server",
+                             log_path=log, interval=0.2)
         base = f"http://127.0.0.1:{port}"
         # Every event function answers a CloudEvent POST on `/`: this one is not a CloudEvent.
         assert http("POST", base + "/", b"{}", {"Content-Type": "application/json"}) == 400
@@ -313,10 +298,3 @@ def test_shrinkwrapped_function_starts_through_index_and_answers_on_its_routes(f
         assert http("GET", base + fs.liveness_path) == 200
         ready = (200, 503) if fs.server == "uvicorn" else (200,)  # infer: 503 until a model is promoted
         assert http("GET", base + fs.readiness_path) in ready
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

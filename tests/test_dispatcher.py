@@ -10,7 +10,6 @@ The dispatcher runs in the test process (started and stopped by each test).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -23,7 +22,7 @@ import pytest
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
-from flts import events, routing, stack
+from flts import events, processes, routing, stack
 from flts import infra as fi
 from flts.dispatcher import Dispatcher, DispatchSettings, EventProducer, Routes, Subscription
 
@@ -110,21 +109,15 @@ class FunctionProcess:
 
     def start(self) -> FunctionProcess:
         command = stack.functions_framework_command(self.source, self.port)
-        env = {**os.environ, "FN_STATE": str(self.state), "THREADS": "4"}
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
-        deadline = time.monotonic() + 60
-        while not stack.http_ok(self.url):
-            assert self.proc.poll() is None, f"function exited: {self.log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, "function did not answer within 60s"
-            time.sleep(0.1)
+        self.proc = processes.spawn(command, env={"FN_STATE": str(self.state), "THREADS": "4"}, log_path=self.log)
+        processes.wait_until(lambda: processes.http_ok(self.url), 60, proc=self.proc, what="the test function",
+                             log_path=self.log, interval=0.1)
         return self
 
     def kill(self, sig=signal.SIGKILL) -> None:
         if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=20)
+            processes.stop_group(self.proc.pid, 20, sig)
+            self.proc.wait()
 
     def stop(self) -> None:
         self.kill(signal.SIGTERM)

@@ -22,7 +22,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from flts import cli, events, routing, stack
+from flts import cli, events, processes, routing, stack
 from flts import infra as fi
 from flts.dispatcher import event_from_kafka
 
@@ -55,7 +55,7 @@ def full_stack(infra, monkeypatch):
     finally:
         seen |= _our_pids(cfg)
         stack.down(cfg, with_infra=False)
-    left = [pid for pid in seen if stack._alive(pid)]
+    left = [pid for pid in seen if processes.pid_alive(pid)]
     assert not left, f"processes outlived `down`: {left}"
 
 
@@ -64,8 +64,8 @@ def _our_pids(cfg) -> set[int]:
     for proc in stack.plan(cfg):
         pid = stack.running_pid(cfg, proc.name)
         if pid is not None:
-            pids |= {pid, *stack._group_members(pid)}
-        pids |= set(stack._in_workdir(cfg, proc.name))  # the infer process runs in a session of its own
+            pids |= {pid, *processes.group_members(pid)}
+        pids |= set(processes.pids_in(stack.workdir(cfg, proc.name)))  # the infer process runs in a session of its own
     return pids
 
 
@@ -237,7 +237,7 @@ def test_pipeline_through_the_full_stack_and_infer_scales_to_zero(full_stack, in
 
         # no traffic for the grace → scaled to zero: the infer process is gone
         stopped = _wait_scaled_to_zero(cfg, GRACE_SECONDS + 15)
-        assert stopped["stops"] == running["stops"] + 1 and not stack._alive(running["pid"])
+        assert stopped["stops"] == running["stops"] + 1 and not processes.pid_alive(running["pid"])
         # ... and the next request starts it again
         again = client.post("/predict", json=body)
         assert again.status_code == 200 and again.json()["run_id"] == pointer.run_id

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
-from contextlib import contextmanager
 
 import httpx
 import pytest
 
+from flts import processes
 from flts.serving.demo import last_rows, request_body
 from flts.serving.testing import LTE_FEATURES, free_port, persistence_onnx, promote
 
@@ -34,29 +32,9 @@ def _env(store, **extra) -> dict:
     return {**os.environ, "FLTS_OBJECT_DIR": str(store.root), **{k: str(v) for k, v in extra.items()}}
 
 
-@contextmanager
 def process(args: list[str], env: dict, ready_url: str | None = None, timeout: float = 30.0):
-    """Start a process (its own group), wait for `ready_url` to answer 200, stop it after."""
-    proc = subprocess.Popen([sys.executable, *args], env=env, cwd=REPO, start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while ready_url:
-            try:
-                if httpx.get(ready_url, timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, f"{args} exited with {proc.returncode}"
-            assert time.monotonic() < deadline, f"{args} not ready after {timeout} s"
-            time.sleep(0.05)
-        yield proc
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    """`python <args>` from the repo for a with-block: ready once `ready_url` answers 200, stopped after."""
+    return processes.running([sys.executable, *args], env=env, cwd=REPO, ready_url=ready_url, timeout=timeout)
 
 
 SERVE_AND_LIST_MODULES = """
@@ -85,20 +63,11 @@ def _status(url: str) -> dict:
 
 
 def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    processes.wait_until(predicate, timeout, what=what, interval=0.05)
 
 
 def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    # a zombie still answers kill(0); it is gone once its state is Z
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    return not processes.pid_alive(pid)  # a zombie counts as gone
 
 
 def test_front_door_scales_to_zero_and_back(store, window):

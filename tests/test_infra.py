@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from flts import infra as fi
+from flts import processes
 
 pytestmark = [
     pytest.mark.stack,
@@ -162,7 +163,7 @@ def test_mlflow_run_artifact_lands_in_s3(infra, tmp_path):
     from minio import Minio
 
     uri = fi.client_env(infra)["MLFLOW_TRACKING_URI"]
-    code, body = fi._http_get(f"{uri}/health")
+    code, body = processes.http_get(f"{uri}/health")
     assert code == 200 and "OK" in body
 
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -283,12 +284,12 @@ def test_zz_stop_all_leaves_no_process(infra):
         stopped = fi.stop_all(infra)
         assert sorted(stopped) == ["kafka", "mlflow", "postgres", "s3"]
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and any(fi._pid_alive(p) for p in every):
+        while time.monotonic() < deadline and any(processes.pid_alive(p) for p in every):
             time.sleep(0.1)
-        assert [p for p in every if fi._pid_alive(p)] == []
+        assert [p for p in every if processes.pid_alive(p)] == []
         for port in (infra.kafka_port, infra.kafka_controller_port, infra.s3_port, infra.pg_port,
                      infra.mlflow_port):
-            assert not fi._port_in_use(infra.host, port), port
+            assert not processes.port_in_use(infra.host, port), port
         assert all(not r["pid"] and not r["healthy"] for r in fi.status(infra))
         assert fi.stop_all(infra) == []  # idempotent
     finally:

@@ -15,7 +15,7 @@ import uuid
 import pyarrow.parquet as pq
 import pytest
 
-from flts import cli, events, routing, stack
+from flts import cli, events, processes, routing, stack
 from flts import infra as fi
 from flts.dispatcher import event_from_kafka
 from flts.storage import InvalidKey, store_from_env
@@ -154,7 +154,7 @@ def test_preprocess_through_the_full_stack_on_poblesec(infra, lte_dir, monkeypat
         # a smaller plan: eval goes, the dispatcher restarts with fewer targets, preprocess stays
         procs = stack.up(cfg, ["preprocess"], with_infra=False)
         pids = {p.name: stack.running_pid(cfg, p.name) for p in procs}
-        assert stack.running_pid(cfg, "fn-eval") is None and not stack._alive(before["fn-eval"])
+        assert stack.running_pid(cfg, "fn-eval") is None and not processes.pid_alive(before["fn-eval"])
         assert pids["fn-preprocess"] == before["fn-preprocess"] and pids["dispatcher"] != before["dispatcher"]
         assert stack.up(cfg, ["preprocess"], with_infra=False) and \
             {p.name: stack.running_pid(cfg, p.name) for p in procs} == pids  # idempotent: same processes
@@ -174,10 +174,10 @@ def test_preprocess_through_the_full_stack_on_poblesec(infra, lte_dir, monkeypat
         assert train.num_rows == data.rows > 1000 and test.num_rows == data.test_rows > 100
         assert {"down", "minute_sin", "minute_cos", "dow_sin", "dow_cos"} <= set(train.column_names)
         assert data.object_key.startswith(f"{identifier}/{data.config_hash}/")
-        group_pids = {pid for pid in pids.values() for pid in stack._group_members(pid)}
+        group_pids = {pid for pid in pids.values() for pid in processes.group_members(pid)}
         assert len(group_pids) >= 3  # gunicorn master + worker, and the dispatcher
     finally:
         stopped = stack.down(cfg, with_infra=False)
     assert set(stopped) >= {"dispatcher", "fn-preprocess"}
-    assert not any(stack._alive(pid) for pid in group_pids), "a stack process outlived `down`"
+    assert not any(processes.pid_alive(pid) for pid in group_pids), "a stack process outlived `down`"
     assert all(r["healthy"] for r in fi.status(infra))  # `down --keep-infra` leaves the services alone

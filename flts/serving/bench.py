@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,8 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from flts import processes
 
 # Heavy modules are imported where used: `flts --help` builds this module's arguments.
 
@@ -115,24 +116,10 @@ def ort_vs_torch(model, onnx_bytes: bytes, input_seq_len: int, n_features: int, 
 
 # ---------------------------------------------------------------- processes
 
-@contextmanager
 def spawned(args: list[str], env: dict, ready_url: str | None, timeout: float = 60.0):
-    proc = subprocess.Popen([sys.executable, *args], env=env, cwd=REPO, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + timeout
-        while ready_url and not _get_ok(ready_url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{' '.join(args)} did not become ready")
-            time.sleep(0.05)
-        yield proc
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    """`python <args>` from the repo for a with-block, its output discarded (the bench prints figures only)."""
+    return processes.running([sys.executable, *args], env=env, cwd=REPO, ready_url=ready_url, timeout=timeout,
+                             log_path=os.devnull)
 
 
 def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -146,10 +133,6 @@ def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
         return exc.code, exc.read()
     except OSError:
         return 0, b""
-
-
-def _get_ok(url: str) -> bool:
-    return _get(url, 1.0)[0] == 200
 
 
 def _post(url: str, body: bytes, timeout: float = 60.0) -> int:
@@ -287,12 +270,8 @@ def cold_start(env: dict, body: bytes, repeats: int) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     client_seconds = []
-    with spawned(["-m", "flts.serving", "frontdoor", "--port", str(port), "--grace", "0.3"], env, None):
-        deadline = time.monotonic() + 30
-        while _get(url + "/_frontdoor/status")[0] != 200:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the front door did not start")
-            time.sleep(0.05)
+    with spawned(["-m", "flts.serving", "frontdoor", "--port", str(port), "--grace", "0.3"], env,
+                 url + "/_frontdoor/status", timeout=30):
         for _ in range(repeats):
             while json.loads(_get(url + "/_frontdoor/status")[1])["backend"] != "stopped":
                 time.sleep(0.05)
