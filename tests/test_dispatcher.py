@@ -26,12 +26,7 @@ from flts import events, processes, routing, stack
 from flts import infra as fi
 from flts.dispatcher import Dispatcher, DispatchSettings, EventProducer, Routes, Subscription
 
-pytestmark = [
-    pytest.mark.stack,
-    # kafka-python 3.0 loads its protocol schemas with importlib.resources' legacy API
-    pytest.mark.filterwarnings("ignore:read_text is deprecated:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:open_text is deprecated:DeprecationWarning"),
-]
+pytestmark = pytest.mark.stack
 
 FUNCTION_SOURCE = '''
 """Test function: answers `test.ping` with `test.pong` {"in": <id>}; data steers it:

@@ -26,12 +26,7 @@ from flts import cli, events, processes, routing, stack
 from flts import infra as fi
 from flts.dispatcher import event_from_kafka
 
-pytestmark = [
-    pytest.mark.stack,
-    # kafka-python 3.0 loads its protocol schemas with importlib.resources' legacy API
-    pytest.mark.filterwarnings("ignore:read_text is deprecated:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:open_text is deprecated:DeprecationWarning"),
-]
+pytestmark = pytest.mark.stack
 
 TRAIN_ROWS, TEST_ROWS = 3000, 600
 GRACE_SECONDS = 3.0

@@ -20,12 +20,7 @@ import pytest
 from flts import infra as fi
 from flts import processes
 
-pytestmark = [
-    pytest.mark.stack,
-    # kafka-python 3.0 loads its protocol schemas with importlib.resources' legacy API
-    pytest.mark.filterwarnings("ignore:read_text is deprecated:DeprecationWarning"),
-    pytest.mark.filterwarnings("ignore:open_text is deprecated:DeprecationWarning"),
-]
+pytestmark = pytest.mark.stack
 
 
 # --------------------------------------------------------------------------- config

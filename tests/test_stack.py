@@ -20,10 +20,6 @@ from flts import infra as fi
 from flts.dispatcher import event_from_kafka
 from flts.storage import InvalidKey, store_from_env
 
-# kafka-python 3.0 loads its protocol schemas with importlib.resources' legacy API
-KAFKA_WARNINGS = ("ignore:read_text is deprecated:DeprecationWarning",
-                  "ignore:open_text is deprecated:DeprecationWarning")
-
 
 @pytest.fixture
 def offline_cfg(tmp_path):
@@ -137,8 +133,6 @@ def _claim_for(bootstrap: str, identifier: str, timeout: float = 180.0):
 
 
 @pytest.mark.stack
-@pytest.mark.filterwarnings(KAFKA_WARNINGS[0])
-@pytest.mark.filterwarnings(KAFKA_WARNINGS[1])
 def test_preprocess_through_the_full_stack_on_poblesec(infra, lte_dir, monkeypatch):
     base = stack.free_port_block(len(routing.DEPLOYMENTS) + 1)
     cfg = stack.StackConfig(infra=infra, function_base_port=base + 1, dispatcher_port=base)
