@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 from flts import processes
 from flts.infra import service
-from flts.infra.config import InfraConfig, InfraError, ensure_state_dir, kafka_bootstrap, say
+from flts.infra.config import InfraConfig, InfraError, kafka_bootstrap, say
 
 _LOG4J2 = """\
 status = warn
@@ -132,7 +131,6 @@ def _format_storage(cfg: InfraConfig, kdir: Path, props: Path) -> None:
 @service.locked("kafka")
 def start_kafka(cfg: InfraConfig) -> int:
     """Start the single-node KRaft broker+controller; return its pid."""
-    ensure_state_dir(cfg)
     name, url = "kafka", kafka_bootstrap(cfg)
     ready = lambda: probe(cfg)  # noqa: E731
     if service.already_running(cfg, name, ready, url):
@@ -148,15 +146,11 @@ def start_kafka(cfg: InfraConfig) -> int:
     (kdir / "log4j2.properties").write_text(_LOG4J2)
     props = kdir / "server.properties"
     props.write_text(_properties(cfg, data))
-    t0 = time.monotonic()
     processes.log_mark(cfg.log_file(name), name)
     if not (data / "meta.properties").exists():
         _format_storage(cfg, kdir, props)
-    say(f"kafka: starting on {url} (controller {cfg.host}:{cfg.kafka_controller_port}) ...")
-    proc = service.spawn(cfg, name, _java_cmd(cfg, "kafka.Kafka", str(props)))
-    service.wait_ready(cfg, name, proc, ready)
-    say(f"kafka: ready in {time.monotonic() - t0:.1f}s (pid {proc.pid})")
-    return proc.pid
+    return service.launch(cfg, name, _java_cmd(cfg, "kafka.Kafka", str(props)), ready,
+                          f"{url} (controller {cfg.host}:{cfg.kafka_controller_port})")
 
 
 def create_topics(cfg: InfraConfig, names: list[str] | None = None, partitions: int = 1) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-import time
 from pathlib import Path
 
 from flts import processes
@@ -12,13 +11,11 @@ from flts.infra import service
 from flts.infra.config import (
     InfraConfig,
     InfraError,
-    ensure_state_dir,
     mlflow_backend_uri,
     mlflow_uri,
     pg_password,
     s3_credentials,
     s3_endpoint,
-    say,
 )
 
 ARTIFACTS_DESTINATION = "s3://mlflow/artifacts"
@@ -64,7 +61,6 @@ def _server_env(cfg: InfraConfig) -> dict[str, str]:
 @service.locked("mlflow")
 def start_mlflow(cfg: InfraConfig) -> int:
     """Start the MLflow tracking server on PostgreSQL with proxied S3 artifacts."""
-    ensure_state_dir(cfg)
     name, url = "mlflow", mlflow_uri(cfg)
     ready = lambda: probe(cfg)  # noqa: E731
     if service.already_running(cfg, name, ready, url):
@@ -83,10 +79,5 @@ def start_mlflow(cfg: InfraConfig) -> int:
         "--port", str(cfg.mlflow_port),
         "--workers", "1",
     ]
-    t0 = time.monotonic()
     processes.log_mark(cfg.log_file(name), name)
-    say(f"mlflow: starting on {url} ...")
-    proc = service.spawn(cfg, name, cmd, env=_server_env(cfg))
-    service.wait_ready(cfg, name, proc, ready)
-    say(f"mlflow: ready in {time.monotonic() - t0:.1f}s (pid {proc.pid})")
-    return proc.pid
+    return service.launch(cfg, name, cmd, ready, url, env=_server_env(cfg))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from flts import processes
 from flts.infra import service
-from flts.infra.config import InfraConfig, InfraError, ensure_state_dir, pg_dsn, pg_password, say
+from flts.infra.config import InfraConfig, InfraError, pg_dsn, pg_password, say
 
 
 def _bindir() -> Path:
@@ -136,7 +136,6 @@ def _pg_ctl_start(cfg: InfraConfig, bindir: Path, pdir: Path, data: Path) -> int
 @service.locked("postgres")
 def start_postgres(cfg: InfraConfig) -> int:
     """Start a private PostgreSQL cluster under the state dir; create the MLflow database."""
-    ensure_state_dir(cfg)
     name, url = "postgres", f"postgresql://{cfg.pg_user}@{cfg.host}:{cfg.pg_port}/{cfg.pg_database}"
     ready = lambda: probe(cfg)  # noqa: E731
     if not service.already_running(cfg, name, ready, url):

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 
 from flts import processes
 from flts.infra import service
-from flts.infra.config import InfraConfig, InfraError, S3Credentials, ensure_state_dir, s3_credentials, s3_endpoint, say
+from flts.infra.config import InfraConfig, InfraError, S3Credentials, s3_credentials, s3_endpoint, say
 
 
 def _client(cfg: InfraConfig, creds: S3Credentials | None = None):
@@ -76,18 +75,14 @@ def _server_cmd(cfg: InfraConfig, creds: S3Credentials) -> tuple[list[str], dict
 @service.locked("s3")
 def start_s3(cfg: InfraConfig) -> int:
     """Start the S3 server (versitygw posix backend; s3proxy fallback) and create the buckets."""
-    ensure_state_dir(cfg)
     name, url = "s3", f"http://{s3_endpoint(cfg)}"
     ready = lambda: probe(cfg)  # noqa: E731
     if not service.already_running(cfg, name, ready, url):
         service.check_ports_free(cfg, name, [(cfg.s3_port, "FLTS_S3_PORT")])
         cmd, env = _server_cmd(cfg, s3_credentials(cfg))
-        t0 = time.monotonic()
         processes.log_mark(cfg.log_file(name), name)
-        say(f"s3: starting {Path(cmd[0]).name if 'java' not in cmd[0] else 's3proxy'} on {url} ...")
-        proc = service.spawn(cfg, name, cmd, env=env)
-        service.wait_ready(cfg, name, proc, ready)
-        say(f"s3: ready in {time.monotonic() - t0:.1f}s (pid {proc.pid})")
+        server = "s3proxy" if "java" in cmd[0] else Path(cmd[0]).name
+        service.launch(cfg, name, cmd, ready, f"{url} ({server})", env=env)
     create_buckets(cfg)
     return service.read_pid(cfg, name)  # type: ignore[return-value]
 

@@ -117,6 +117,17 @@ def spawn(cfg: InfraConfig, name: str, command: list[str], env: dict[str, str] |
     return proc
 
 
+def launch(cfg: InfraConfig, name: str, command: list[str], probe: Callable[[], bool], url: str,
+           env: dict[str, str] | None = None) -> int:
+    """Spawn service ``name``, wait until ``probe`` answers, say how long it took; return its pid."""
+    t0 = time.monotonic()
+    say(f"{name}: starting on {url} ...")
+    proc = spawn(cfg, name, command, env=env)
+    wait_ready(cfg, name, proc, probe)
+    say(f"{name}: ready in {time.monotonic() - t0:.1f}s (pid {proc.pid})")
+    return proc.pid
+
+
 def wait_ready(cfg: InfraConfig, name: str, proc: subprocess.Popen | int, probe: Callable[[], bool]) -> None:
     """Probe until the service answers; InfraError with its log tail if it exits or times out."""
     try:
