@@ -26,10 +26,11 @@ from pathlib import Path
 
 import orjson
 
-from flts import events, routing, scoring
-from flts.demo import DATA_DIR, embedded_env, upload_dataset
-from flts.evaluate import mlflow_client, search_finished
-from flts.router import EmbeddedRouter
+from flts import events, routing
+from flts.dev.demo import DATA_DIR, embedded_env, upload_dataset
+from flts.embedded import EmbeddedRouter
+from flts.eval import scoring
+from flts.eval.handler import mlflow_client, search_finished
 from flts.storage import FileStore
 
 REPO = Path(__file__).resolve().parent.parent

@@ -34,7 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
-from flts import events, infra, routing, stack  # noqa: E402
+from flts import events, routing  # noqa: E402
+from flts.dev import infra, stack  # noqa: E402
 from flts.dispatcher import EventProducer, event_from_kafka  # noqa: E402
 
 NOOP_SOURCE = '''
@@ -58,7 +59,7 @@ def noop(request):
 
 
 def make_config() -> stack.StackConfig:
-    """A private state dir and free ports (flts.infra.ephemeral_config) plus a free block for the processes."""
+    """A private state dir and free ports (flts.dev.infra.ephemeral_config) plus a free block for the processes."""
     base = stack.free_port_block(len(routing.DEPLOYMENTS) + 1)
     return stack.StackConfig(infra=infra.ephemeral_config(), dispatcher_port=base, function_base_port=base + 1)
 

@@ -9,7 +9,7 @@ from flts import __version__
 
 
 def _schemas(args) -> int:
-    from flts.docs import write_schemas
+    from flts.dev.schemas import write_schemas
 
     for path in write_schemas(Path(args.out)):
         print(path)
@@ -17,7 +17,7 @@ def _schemas(args) -> int:
 
 
 def _demo(args) -> int:
-    from flts.demo import run_demo
+    from flts.dev.demo import run_demo
 
     return run_demo(dataset=args.dataset, workdir=Path(args.workdir), fresh=args.fresh, stages=args.until)
 
@@ -29,7 +29,7 @@ def _predict(args) -> int:
 
     import orjson
 
-    from flts.serving.demo import last_rows, request_body
+    from flts.dev.forecast import last_rows, request_body
 
     body = request_body(last_rows(Path(args.csv), args.rows), args.timestamp_column)
     request = urllib.request.Request(args.url.rstrip("/") + "/predict", data=orjson.dumps(body),
@@ -48,7 +48,7 @@ def _predict(args) -> int:
 
 
 def _bench(args) -> int:
-    from flts.serving.bench import main
+    from flts.dev.bench import main
 
     return main(args)
 
@@ -77,16 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     schemas.add_argument("--out", default="docs/schemas")
     schemas.set_defaults(func=_schemas)
 
-    from flts.deploy import add_parser as add_deploy_parser  # `flts deploy render|shrinkwrap`
+    from flts.dev.deploy import add_parser as add_deploy_parser  # `flts deploy render|shrinkwrap`
 
     add_deploy_parser(sub)
 
-    from flts.stack import add_parser as add_stack_parser  # `flts up|down|status|upload`
+    from flts.dev.stack import add_parser as add_stack_parser  # `flts up|down|status|upload`
 
     add_stack_parser(sub)
 
     bench = sub.add_parser("bench", help="benchmark the inference function (throughput, 429s, cold start, RSS, ORT vs torch)")
-    from flts.serving.bench import add_arguments
+    from flts.dev.bench import add_arguments
 
     add_arguments(bench)
     bench.set_defaults(func=_bench)

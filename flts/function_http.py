@@ -18,9 +18,9 @@ import orjson
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import from_http
 
+from flts.embedded import Handler
 from flts.events import MAX_EVENT_BYTES, EventError
 from flts.logs import error, log
-from flts.router import Handler
 from flts.storage import InvalidKey, ObjectNotFound
 
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"

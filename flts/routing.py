@@ -35,13 +35,13 @@ TOPICS: dict[str, str] = {
 MODEL_TYPES = ("GRU", "LSTM", "PROPHET")
 
 DEPLOYMENTS: tuple[Deployment, ...] = (
-    Deployment("preprocess", "preprocess", (events.DATASET_READY,), handler="flts.preprocess:handle"),
+    Deployment("preprocess", "preprocess", (events.DATASET_READY,), handler="flts.preprocess.handler:handle"),
     *(
-        Deployment(f"train-{m.lower()}", "train", (events.TRAINING_DATA,), {"MODEL_TYPE": m}, "flts.train:handle")
+        Deployment(f"train-{m.lower()}", "train", (events.TRAINING_DATA,), {"MODEL_TYPE": m}, "flts.train.handler:handle")
         for m in MODEL_TYPES
     ),
-    Deployment("eval", "eval", (events.MODEL_TRAINING,), handler="flts.evaluate:handle"),
-    Deployment("infer", "infer", (events.MODEL_SELECTED, events.INFERENCE_DATA), handler="flts.serving.events:handle"),
+    Deployment("eval", "eval", (events.MODEL_TRAINING,), handler="flts.eval.handler:handle"),
+    Deployment("infer", "infer", (events.MODEL_SELECTED, events.INFERENCE_DATA), handler="flts.infer.handler:handle"),
 )
 
 

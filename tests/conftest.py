@@ -39,7 +39,7 @@ def infra():
     """
     import shutil
 
-    from flts import infra as fi
+    from flts.dev import infra as fi
 
     cfg = fi.ephemeral_config()
     try:

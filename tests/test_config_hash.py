@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from flts.preprocess import (
+from flts.preprocess.handler import (
     PreprocessSettings,
     build_active_config,
     canonical_json,
@@ -47,7 +47,7 @@ def test_hash_ignores_key_order():
 def test_hash_is_stable_across_processes():
     # A fresh interpreter (its own PYTHONHASHSEED) must compute the same digest.
     code = (
-        "from flts.preprocess import *\n"
+        "from flts.preprocess.handler import *\n"
         f"s = PreprocessSettings.from_env({{}})\n"
         f"print(config_hash(build_active_config(s, {{'train': source_identity('raw-data', 'site/site.csv', {RAW!r})}})))"
     )

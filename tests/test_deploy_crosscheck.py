@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flts import deploy, events, routing
+from flts import events, routing
+from flts.dev import deploy
 
 REPO = Path(__file__).resolve().parent.parent
 CODE_DIRS = ("flts", "functions", "template")  # where the code that reads the environment lives
@@ -107,7 +108,7 @@ def test_what_a_function_emits_is_routed_and_matches_its_handler_code():
         source = "\n".join(f.read_text() for f in files)
         made = set(re.findall(r"make_event\(\s*events\.([A-Z_]+)", source))
         assert {getattr(events, name) for name in made} == set(emits), (
-            f"{d.name}: {module} makes {sorted(made)}, flts/deploy/settings.py FUNCTIONS says {emits}")
+            f"{d.name}: {module} makes {sorted(made)}, flts/dev/deploy/settings.py FUNCTIONS says {emits}")
 
 
 def test_service_and_function_names_and_images_agree_between_knative_and_openfaas(knative, stack):
@@ -279,7 +280,7 @@ def test_targets_and_health_routes_exist_in_the_function_code(function, knative)
 
 
 def test_function_requirements_pin_the_lock_and_keep_infer_light():
-    from flts.deploy import REQUIREMENTS, requirements_txt
+    from flts.dev.deploy import REQUIREMENTS, requirements_txt
 
     infer = requirements_txt("infer")
     for heavy in ("torch", "pandas", "mlflow", "prophet"):
@@ -294,7 +295,7 @@ def test_function_requirements_pin_the_lock_and_keep_infer_light():
 def test_a_dependency_missing_from_the_lock_is_named(tmp_path, repo):
     import shutil
 
-    from flts.deploy import requirements_txt
+    from flts.dev.deploy import requirements_txt
 
     shutil.copy(repo / "pyproject.toml", tmp_path / "pyproject.toml")
     lock = (repo / "requirements.lock").read_text()

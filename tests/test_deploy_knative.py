@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flts import deploy, events, routing
+from flts import events, routing
+from flts.dev import deploy
 
 REPO = Path(__file__).resolve().parent.parent
 KNATIVE_FILES = sorted(deploy.knative_files())

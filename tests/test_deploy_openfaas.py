@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flts import deploy, processes, routing
+from flts import routing
+from flts.dev import deploy, processes
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "template" / deploy.TEMPLATE

@@ -22,8 +22,9 @@ import pytest
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
-from flts import events, processes, routing, stack
-from flts import infra as fi
+from flts import events, routing
+from flts.dev import infra as fi
+from flts.dev import processes, stack
 from flts.dispatcher import Dispatcher, DispatchSettings, EventProducer, Routes, Subscription
 
 pytestmark = pytest.mark.stack

@@ -16,11 +16,13 @@ import orjson
 import pandas as pd
 import pytest
 
-from flts import events, preprocess, routing, scoring
-from flts.evaluate import Candidate, Scored, handle, pick_winner, registered_model_name
+from flts import events, routing
+from flts.embedded import EmbeddedRouter
+from flts.eval import scoring
+from flts.eval.handler import Candidate, Scored, handle, pick_winner, registered_model_name
 from flts.events import EventError
+from flts.preprocess import handler as preprocess
 from flts.promotion import resolve_pointer
-from flts.router import EmbeddedRouter
 from flts.storage import FileStore
 
 IDENT = "walk"

@@ -11,7 +11,7 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent, from_http
 
 from flts import events, routing
-from flts.docs import rendered_schemas
+from flts.dev.schemas import rendered_schemas
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "docs" / "schemas"
 HASH = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"

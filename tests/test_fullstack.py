@@ -1,6 +1,6 @@
 """The whole pipeline on the local full stack, and infer scaling to zero behind its front door.
 
-Every deployment runs as its own process (`flts.stack.up`) behind the real dispatcher, on
+Every deployment runs as its own process (`flts.dev.stack.up`) behind the real dispatcher, on
 the session's real Kafka, S3 server and MLflow server: a slice of the real ElBorn data is
 uploaded, preprocessed, trained by the three trainers, scored and promoted by eval, and the
 promotion reaches infer through the front door as a CloudEvent. Then `/predict` goes
@@ -22,8 +22,9 @@ import httpx
 import pandas as pd
 import pytest
 
-from flts import cli, events, processes, routing, stack
-from flts import infra as fi
+from flts import cli, events, routing
+from flts.dev import infra as fi
+from flts.dev import processes, stack
 from flts.dispatcher import event_from_kafka
 
 pytestmark = pytest.mark.stack

@@ -14,13 +14,13 @@ import pytest
 from cloudevents.conversion import to_binary
 
 from flts import events
-from flts.serving import metrics
-from flts.serving.app import create_app
-from flts.serving.demo import last_rows, request_body
-from flts.serving.model import load_model
-from flts.serving.registry import ModelRegistry
-from flts.serving.settings import ServingSettings
-from flts.serving.testing import LTE_FEATURES, persistence_onnx, promote, running_server
+from flts.dev.forecast import last_rows, request_body
+from flts.dev.testing import LTE_FEATURES, persistence_onnx, promote, running_server
+from flts.infer import prometheus as metrics
+from flts.infer.app import create_app
+from flts.infer.model import load_model
+from flts.infer.registry import ModelRegistry
+from flts.infer.settings import ServingSettings
 
 L, M = 10, 3
 TARGET_INDEX = LTE_FEATURES.index("down")
@@ -101,7 +101,7 @@ def test_time_features_match_preprocess(file_store, window):
     """The server computes minute/dow encodings from the timestamps exactly as preprocess does."""
     import pandas as pd
 
-    from flts.preprocess import add_time_features
+    from flts.preprocess.handler import add_time_features
 
     for name in ("minute_sin", "minute_cos", "dow_sin", "dow_cos"):
         promote(file_store, persistence_onnx(L, len(LTE_FEATURES), 1, LTE_FEATURES.index(name)), run_id=f"run-{name}",
@@ -327,7 +327,7 @@ def test_open_inference_protocol_v2_with_tritonclient(store, window):
 def test_inference_data_event_writes_new_objects_once(store, lte_dir):
     import pyarrow.parquet as pq
 
-    from flts.preprocess import PreprocessSettings, preprocess
+    from flts.preprocess.handler import PreprocessSettings, preprocess
 
     raw = (lte_dir / "ElBorn_test.csv").read_bytes()
     store.ensure_bucket("raw-data")
@@ -359,7 +359,7 @@ def test_inference_data_event_writes_new_objects_once(store, lte_dir):
 
 
 def test_embedded_handler_loads_or_refuses(store):
-    from flts.serving import events as serving_events
+    from flts.infer import handler as serving_events
     from flts.storage import ObjectNotFound
 
     pointer = promote(store, persistence_onnx(L, len(LTE_FEATURES), M, TARGET_INDEX), run_id="embedded")
@@ -393,7 +393,7 @@ def test_prophet_model_is_served_by_the_lazy_path(file_store, window):
 
 
 def test_registry_keeps_the_pinned_default_and_its_bound(store):
-    from flts.serving import events as serving_events
+    from flts.infer import handler as serving_events
 
     settings = ServingSettings.from_env({"MODEL_IDENTIFIER": "PobleSec", "MAX_MODELS": "2"})
     registry = ModelRegistry(settings.max_models)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import httpx
 
-from flts.serving.bench import parse_wrk
-from flts.serving.loadgen import load
+from flts.dev.bench import parse_wrk
+from flts.dev.loadgen import load
 
 WRK_OUTPUT = """Running 10s test @ http://127.0.0.1:8080/predict
   1 threads and 16 connections
@@ -32,8 +32,8 @@ def test_parse_wrk():
 
 
 def test_loadgen_counts_answers_by_status(file_store):
-    from flts.serving.app import create_app
-    from flts.serving.testing import running_server
+    from flts.dev.testing import running_server
+    from flts.infer.app import create_app
 
     with running_server(create_app({"FLTS_OBJECT_DIR": str(file_store.root)}, file_store)) as url:
         port = int(url.rsplit(":", 1)[1])

@@ -10,9 +10,9 @@ import sys
 import httpx
 import pytest
 
-from flts import processes
-from flts.serving.demo import last_rows, request_body
-from flts.serving.testing import LTE_FEATURES, free_port, persistence_onnx, promote
+from flts.dev import processes
+from flts.dev.forecast import last_rows, request_body
+from flts.dev.testing import LTE_FEATURES, free_port, persistence_onnx, promote
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,7 +73,7 @@ def _gone(pid: int) -> bool:
 def test_front_door_scales_to_zero_and_back(store, window):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with process(["-m", "flts.serving", "frontdoor", "--port", str(port), "--grace", "1.0"], _env(store)):
+    with process(["-m", "flts.dev.frontdoor", "--port", str(port), "--grace", "1.0"], _env(store)):
         _wait_for(lambda: _try(lambda: _status(url)), 20, "the front door")
         assert _status(url)["backend"] == "stopped"
 
@@ -109,7 +109,7 @@ def test_locust_bounded_run(store):
     url = f"http://127.0.0.1:{port}"
     locust = [sys.executable, "-m", "locust", "-f", "loadtest/locustfile.py", "--headless", "-u", "20", "-r", "10",
               "-H", url, "--only-summary", "--stop-timeout", "2"]
-    with process(["-m", "flts.serving", "serve", "--port", str(port)], _env(store), url + "/readyz"):
+    with process(["-m", "flts.infer", "serve", "--port", str(port)], _env(store), url + "/readyz"):
         passed = subprocess.run([*locust, "-t", "8s"], cwd=REPO, capture_output=True, text=True, timeout=90,
                                 env={**os.environ, "LOADTEST_MAX_P95_MS": "500"})
         assert passed.returncode == 0, passed.stdout[-3000:] + passed.stderr[-3000:]

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flts.serving.app import create_app
-from flts.serving.demo import last_rows, request_body
-from flts.serving.testing import LTE_FEATURES, persistence_onnx, promote, running_server
+from flts.dev.forecast import last_rows, request_body
+from flts.dev.testing import LTE_FEATURES, persistence_onnx, promote, running_server
+from flts.infer.app import create_app
 
 
 def _dumps(value) -> bytes:

@@ -1,4 +1,4 @@
-"""Tests of flts.infra against the REAL services (no mocks).
+"""Tests of flts.dev.infra against the REAL services (no mocks).
 
 The session fixture ``infra`` starts Kafka, the S3 server, PostgreSQL and MLflow on
 random free ports below the ephemeral range, with a temporary state dir, and stops them
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from flts import infra as fi
-from flts import processes
+from flts.dev import infra as fi
+from flts.dev import processes
 
 pytestmark = pytest.mark.stack
 

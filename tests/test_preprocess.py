@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from flts.events import DatasetReady, EventError
-from flts.preprocess import (
+from flts.preprocess.handler import (
     DataError,
     PreprocessSettings,
     add_time_features,

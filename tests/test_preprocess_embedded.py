@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from flts import events, routing
-from flts.demo import upload_dataset
-from flts.router import EmbeddedRouter
+from flts.dev.demo import upload_dataset
+from flts.embedded import EmbeddedRouter
 from flts.storage import FileStore, get_json
 
 PROCESSED = "processed-data"

@@ -1,4 +1,4 @@
-"""flts.processes on real child processes (small `python -c` scripts; each test stops what it starts)."""
+"""flts.dev.processes on real child processes (small `python -c` scripts; each test stops what it starts)."""
 from __future__ import annotations
 
 import signal
@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from flts import processes
-from flts.serving.testing import free_port
+from flts.dev import processes
+from flts.dev.testing import free_port
 
 # A parent that starts a child (same process group), then both sleep. The child reports a
 # SIGINT and sleeps on; with IGNORE_TERM both ignore SIGTERM.

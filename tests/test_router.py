@@ -7,7 +7,7 @@ import pytest
 from cloudevents.http import CloudEvent
 
 from flts import events, routing
-from flts.router import EmbeddedRouter
+from flts.embedded import EmbeddedRouter
 from flts.routing import Deployment
 
 HASH = "0123456789abcdef"

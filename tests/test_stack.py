@@ -15,8 +15,9 @@ import uuid
 import pyarrow.parquet as pq
 import pytest
 
-from flts import cli, events, processes, routing, stack
-from flts import infra as fi
+from flts import cli, events, routing
+from flts.dev import infra as fi
+from flts.dev import processes, stack
 from flts.dispatcher import event_from_kafka
 from flts.storage import InvalidKey, store_from_env
 
@@ -45,7 +46,7 @@ def test_plan_gives_every_deployment_its_process_port_and_env(offline_cfg):
     pre = by_name["fn-preprocess"]
     assert pre.missing is None and pre.command[-6:] == ["--target", "preprocess", "--host", "127.0.0.1", "--port",
                                                         str(pre.port)]
-    assert by_name["fn-infer"].command[1:4] == ["-m", "flts.serving", "frontdoor"]  # the COMMANDS hook: scale to zero
+    assert by_name["fn-infer"].command[1:3] == ["-m", "flts.dev.frontdoor"]  # the COMMANDS hook: scale to zero
     assert by_name["fn-infer"].scale_to_zero and by_name["fn-infer"].health_url.endswith("/_frontdoor/status")
     dispatcher = by_name["dispatcher"]
     targets = dispatcher.env["DISPATCH_TARGETS"].split(",")

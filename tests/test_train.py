@@ -17,12 +17,13 @@ import pyarrow.parquet as pq
 import pytest
 from cloudevents.http import CloudEvent
 
-from flts import events, preprocess
+from flts import events
 from flts.events import EventError
 from flts.metrics import TargetScale, regression_metrics
+from flts.preprocess import handler as preprocess
 from flts.settings import ConfigError
 from flts.storage import FileStore
-from flts.train import handle
+from flts.train.handler import handle
 from flts.windows import make_windows
 
 BUCKET = "processed-data"

@@ -1,4 +1,1 @@
-"""The train function (GRU, LSTM, PROPHET by MODEL_TYPE); `handle` is the routing table's handler."""
-from flts.train.handler import handle
-
-__all__ = ["handle"]
+"""The train function (one deployment per MODEL_TYPE): fit, export for serving, log to MLflow."""

@@ -4,7 +4,7 @@ Run locally:  functions-framework --source functions/eval/main.py --target eval_
 """
 import functions_framework
 
-from flts.evaluate import handle
+from flts.eval.handler import handle
 from flts.function_http import serve_events
 from flts.logs import set_component
 

@@ -6,11 +6,11 @@ Plain Starlette on uvicorn (httptools + uvloop) rather than functions-framework:
 
 Run locally:
     uvicorn functions.infer.main:app --http httptools --loop uvloop --port 8080 --no-access-log
-    python -m flts.serving serve --port 8080 --workers 2        # same app, tuned flags
+    python -m flts.infer serve --port 8080 --workers 2        # same app, tuned flags
 Configuration: environment variables, see docs/inference.md.
 """
+from flts.infer.app import create_app
 from flts.logs import set_component
-from flts.serving.app import create_app
 
 set_component("infer")
 

@@ -6,7 +6,7 @@ import functions_framework
 
 from flts.function_http import serve_events
 from flts.logs import set_component
-from flts.preprocess import handle
+from flts.preprocess.handler import handle
 
 set_component("preprocess")
 

@@ -7,7 +7,7 @@ import functions_framework
 
 from flts.function_http import serve_events
 from flts.logs import set_component
-from flts.train import handle
+from flts.train.handler import handle
 
 set_component("train")
 

@@ -1,0 +1,53 @@
+"""`flts deploy render|shrinkwrap`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from flts.dev import REPO
+from flts.dev.deploy.generate import TARGETS, drift, write
+from flts.dev.deploy.knative import knative_files
+from flts.dev.deploy.openfaas import shrinkwrap, stack
+from flts.dev.deploy.settings import REGISTRY
+from flts.dev.deploy.validate import knative_errors, stack_errors
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    deploy = sub.add_parser("deploy", help="Knative / OpenFaaS files from the routing table")
+    actions = deploy.add_subparsers(dest="deploy_command", required=True)
+    render_p = actions.add_parser("render", help="write (or --check) the generated deployment files")
+    render_p.add_argument("--target", choices=TARGETS, action="append",
+                          help="knative or openfaas (repeatable; default: both)")
+    render_p.add_argument("--check", action="store_true",
+                          help="write nothing; exit 1 when a committed file differs or a check fails")
+    render_p.add_argument("--registry", default=REGISTRY, help=f"image registry prefix (default {REGISTRY})")
+    render_p.set_defaults(func=_render_cmd)
+    wrap = actions.add_parser("shrinkwrap", help="build context of one OpenFaaS function, as faas-cli --shrinkwrap")
+    wrap.add_argument("function", help="a function name of stack.yml, e.g. train-gru")
+    wrap.add_argument("outdir", help="where <outdir>/<function>/ is written (e.g. build)")
+    wrap.set_defaults(func=_shrinkwrap_cmd)
+
+
+def _render_cmd(args) -> int:
+    targets = args.target or list(TARGETS)
+    if not args.check:
+        for target in targets:
+            for path in write(target, registry=args.registry):
+                print(path.relative_to(REPO))
+        return 0
+    problems = [f"{path}: differs from `flts deploy render --target {t}`"
+                for t in targets for path in drift(t, registry=args.registry)]
+    if "knative" in targets:
+        problems += knative_errors([o for objs in knative_files(args.registry).values() for o in objs])
+    if "openfaas" in targets:
+        problems += stack_errors(stack(args.registry))
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    print(f"{len(problems)} problem(s)" if problems else "deployment files are up to date and valid")
+    return 1 if problems else 0
+
+
+def _shrinkwrap_cmd(args) -> int:
+    print(shrinkwrap(args.function, Path(args.outdir)))
+    return 0

@@ -1,0 +1,69 @@
+"""Every generated file of a target, and writing or comparing them with the committed ones."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import yaml
+
+from flts.dev import REPO
+from flts.dev.deploy.images import dockerfiles, requirements_files
+from flts.dev.deploy.knative import knative_files
+from flts.dev.deploy.openfaas import dispatcher_dockerfile, dispatcher_objects, stack
+from flts.dev.deploy.settings import GENERATED, REGISTRY
+
+
+class _Dumper(yaml.SafeDumper):
+    def ignore_aliases(self, data) -> bool:  # write shared dicts out in full, no &id001 anchors
+        return True
+
+
+def _yaml(target: str, objects: Iterable[dict] | dict) -> str:
+    """A generated YAML file: the header, then one document (a dict) or a `---` stream (a list)."""
+    options = {"Dumper": _Dumper, "sort_keys": False, "default_flow_style": False, "width": 120}
+    if isinstance(objects, dict):
+        body = yaml.dump(objects, **options)
+    else:
+        body = yaml.dump_all(list(objects), explicit_start=True, **options)
+    return f"# {GENERATED.format(target=target)}\n{body}"
+
+
+def _knative(registry: str) -> dict[str, str]:
+    # The images and their requirements go with this target: Knative runs them as they are.
+    files = {path: _yaml("knative", objects) for path, objects in knative_files(registry).items()}
+    return {**files, **dockerfiles(registry), **requirements_files()}
+
+
+def _openfaas(registry: str) -> dict[str, str]:
+    return {
+        "stack.yml": _yaml("openfaas", stack(registry)),
+        "deploy/openfaas/dispatcher.yaml": _yaml("openfaas", dispatcher_objects(registry)),
+        "deploy/openfaas/dispatcher.Dockerfile": dispatcher_dockerfile(registry),
+    }
+
+
+_RENDERERS: dict[str, Callable[[str], dict[str, str]]] = {"knative": _knative, "openfaas": _openfaas}
+TARGETS = tuple(_RENDERERS)
+
+
+def render(target: str, registry: str = REGISTRY) -> dict[str, str]:
+    """Repository path → file content for one target."""
+    if target not in _RENDERERS:
+        raise ValueError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
+    return _RENDERERS[target](registry)
+
+
+def drift(target: str, repo: Path = REPO, registry: str = REGISTRY) -> list[str]:
+    """Paths whose committed content differs from what the generator renders."""
+    return [path for path, content in render(target, registry).items()
+            if not (repo / path).exists() or (repo / path).read_text() != content]
+
+
+def write(target: str, repo: Path = REPO, registry: str = REGISTRY) -> list[Path]:
+    written = []
+    for path, content in render(target, registry).items():
+        file = repo / path
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(content)
+        written.append(file)
+    return written

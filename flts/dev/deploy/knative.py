@@ -1,0 +1,250 @@
+"""Knative objects: a Service per deployment, and the Kafka eventing around them.
+
+Event wiring: a Kafka-class Broker with one Trigger per (deployment, event type), rather
+than a KafkaSource per subscription, because
+  * one function emits several event types through its one K_SINK (preprocess:
+    training-data and inference-data). A Broker routes each event by `type`; a KafkaSink
+    writes a single topic, so K_SINK → KafkaSink could not carry both;
+  * the routing table is "event type → subscribers", which is exactly a Trigger filter;
+  * each Trigger has its own delivery spec (retries, exponential backoff, a dead-letter
+    KafkaSink into `dlq-<topic>`) and consumer group, so a slow trainer holds back no one.
+Around the Broker: a KafkaSource bridges the topics nothing in the cluster produces
+(`dataset-ready`, written by uploads) into the Broker, and "record" Triggers copy every
+emitted event into its named topic through a KafkaSink, so the topics of the contract
+carry the same events as on the local stack. The two sets are disjoint, so no loop.
+
+The Service runs the image's server directly on :8080 (`python /app/index.py --listen
+0.0.0.0:8080`) instead of its default of-watchdog, so queue-proxy talks to it with no extra hop.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from flts import routing
+from flts.dev.deploy.settings import (
+    APP_UID,
+    CONFIG,
+    KAFKA_BOOTSTRAP,
+    PORT,
+    REGISTRY,
+    RETRIES,
+    FunctionSettings,
+    deployment_env,
+    emitters,
+    image,
+    settings_of,
+)
+from flts.routing import Deployment
+
+BROKER = "flts"
+CONFIGMAP = "flts-config"
+SECRET = "flts-credentials"
+KAFKA_PARTITIONS = 3
+KAFKA_REPLICATION = 1  # raise on a real Kafka cluster
+BACKOFF_DELAY = "PT1S"  # exponential: 1 s, 2 s, 4 s, 8 s, 16 s
+
+SERVICE_API = ("serving.knative.dev/v1", "Service")
+BROKER_API = ("eventing.knative.dev/v1", "Broker")
+TRIGGER_API = ("eventing.knative.dev/v1", "Trigger")
+KAFKA_SINK_API = ("eventing.knative.dev/v1alpha1", "KafkaSink")
+KAFKA_SOURCE_API = ("sources.knative.dev/v1beta1", "KafkaSource")
+SINK_BINDING_API = ("sources.knative.dev/v1", "SinkBinding")
+
+
+# --------------------------------------------------------------------------- building blocks
+def _object(api: tuple[str, str], metadata: dict, **body: Any) -> dict:
+    """One Kubernetes object, keys in the order kubectl shows them."""
+    return {"apiVersion": api[0], "kind": api[1], "metadata": metadata, **body}
+
+
+def _meta(name: str, labels: dict[str, str] | None = None, annotations: dict[str, str] | None = None) -> dict:
+    meta: dict[str, Any] = {"name": name, "labels": {"app.kubernetes.io/part-of": "flts", **(labels or {})}}
+    if annotations:
+        meta["annotations"] = annotations
+    return meta
+
+
+def _event_meta(name: str, event_type: str) -> dict:
+    """Metadata of an object that carries one event type (Triggers, KafkaSources)."""
+    return _meta(name, {"flts.dev/event-type": event_type})
+
+
+def _ref(api: tuple[str, str], name: str) -> dict:
+    return {"ref": {"apiVersion": api[0], "kind": api[1], "name": name}}
+
+
+def _keys_read(attribute: str) -> list[str]:
+    """ConfigMap or Secret keys some deployment reads (`config` or `secrets`), sorted."""
+    return sorted({k for d in routing.DEPLOYMENTS for k in getattr(settings_of(d), attribute)})
+
+
+def emitted_types() -> list[str]:
+    """Event types some function emits, in routing-table order."""
+    emitted = {t for d in emitters() for t in settings_of(d).emits}
+    return [t for t in routing.TOPICS if t in emitted]
+
+
+def ingress_types() -> list[str]:
+    """Event types nothing in the cluster emits: they come in from Kafka (uploads)."""
+    emitted = set(emitted_types())
+    return [t for t in routing.TOPICS if t not in emitted]
+
+
+# --------------------------------------------------------------------------- Services and their settings
+def _env_list(d: Deployment) -> list[dict]:
+    fs = settings_of(d)
+    fixed = [{"name": k, "value": v} for k, v in deployment_env(d).items()]
+    config = [{"name": k, "valueFrom": {"configMapKeyRef": {"name": CONFIGMAP, "key": k}}} for k in sorted(fs.config)]
+    secrets = [{"name": k, "valueFrom": {"secretKeyRef": {"name": SECRET, "key": k}}} for k in sorted(fs.secrets)]
+    return fixed + config + secrets
+
+
+def _probes(fs: FunctionSettings) -> dict:
+    return {
+        "readinessProbe": {"httpGet": {"path": fs.readiness_path, "port": PORT}, "periodSeconds": 2,
+                           "failureThreshold": 3},
+        "livenessProbe": {"httpGet": {"path": fs.liveness_path, "port": PORT}, "periodSeconds": 10,
+                          "failureThreshold": 3, "initialDelaySeconds": 10},
+    }
+
+
+def _autoscaling(fs: FunctionSettings) -> dict[str, str]:
+    # Autoscaling belongs on the revision template (the webhook rejects it elsewhere).
+    return {
+        "autoscaling.knative.dev/class": "kpa.autoscaling.knative.dev",
+        "autoscaling.knative.dev/metric": "concurrency",
+        "autoscaling.knative.dev/target": str(fs.target_concurrency),
+        "autoscaling.knative.dev/min-scale": str(fs.min_scale),
+        "autoscaling.knative.dev/max-scale": str(fs.max_scale),
+    }
+
+
+def knative_service(d: Deployment, registry: str = REGISTRY) -> dict:
+    fs = settings_of(d)
+    labels = {"app.kubernetes.io/name": d.name, "app.kubernetes.io/component": d.function}
+    if not fs.public:  # event-only functions get no external route
+        labels["networking.knative.dev/visibility"] = "cluster-local"
+    container = {
+        "name": d.function,
+        "image": image(d.function, registry),
+        # The server itself on :8080, without the image's default of-watchdog in front.
+        "command": ["python", "/app/index.py", "--listen", f"0.0.0.0:{PORT}"],
+        "ports": [{"name": "http1", "containerPort": PORT}],
+        "env": _env_list(d),
+        "resources": {"requests": dict(fs.requests), "limits": dict(fs.limits)},
+        **_probes(fs),
+        "securityContext": {
+            "runAsNonRoot": True, "runAsUser": APP_UID, "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    return _object(SERVICE_API, _meta(d.name, labels), spec={"template": {
+        "metadata": {"labels": {"app.kubernetes.io/name": d.name}, "annotations": _autoscaling(fs)},
+        "spec": {"containerConcurrency": fs.concurrency, "timeoutSeconds": fs.timeout_seconds,
+                 "containers": [container]},
+    }})
+
+
+def config_map() -> dict:
+    return _object(("v1", "ConfigMap"), _meta(CONFIGMAP), data={k: CONFIG[k] for k in _keys_read("config")})
+
+
+def secret_template() -> dict:
+    # Keys only: fill them in a copy that is never committed, or `kubectl create secret`.
+    return _object(("v1", "Secret"), _meta(SECRET), type="Opaque",
+                   stringData={k: "" for k in _keys_read("secrets")})
+
+
+# --------------------------------------------------------------------------- eventing
+def _delivery(topic: str, timeout_seconds: int | None = None) -> dict:
+    delivery: dict[str, Any] = {
+        "retry": RETRIES,
+        "backoffPolicy": "exponential",
+        "backoffDelay": BACKOFF_DELAY,
+        "deadLetterSink": _ref(KAFKA_SINK_API, routing.dlq_topic(topic)),
+    }
+    if timeout_seconds:  # per attempt (feature delivery-timeout: beta, enabled by default)
+        delivery["timeout"] = f"PT{timeout_seconds}S"
+    return delivery
+
+
+def broker() -> dict:
+    return _object(BROKER_API, _meta(BROKER, annotations={"eventing.knative.dev/broker.class": "Kafka"}),
+                   spec={"config": {"apiVersion": "v1", "kind": "ConfigMap", "name": "kafka-broker-config",
+                                    "namespace": "knative-eventing"}})
+
+
+def _trigger(name: str, event_type: str, subscriber: dict, timeout_seconds: int | None = None) -> dict:
+    """Events of one type from the Broker to `subscriber`, dead letters to dlq-<topic>."""
+    return _object(TRIGGER_API, _event_meta(name, event_type), spec={
+        "broker": BROKER,
+        "filter": {"attributes": {"type": event_type}},
+        "subscriber": subscriber,
+        "delivery": _delivery(routing.topic_of(event_type), timeout_seconds),
+    })
+
+
+def subscriber_triggers() -> list[dict]:
+    return [_trigger(f"{d.name}-{routing.topic_of(t)}", t, _ref(SERVICE_API, d.name), settings_of(d).timeout_seconds)
+            for d in routing.DEPLOYMENTS for t in d.subscribes]
+
+
+def record_triggers() -> list[dict]:
+    """Copy each emitted event into its topic of the contract (a KafkaSink per topic)."""
+    return [_trigger(f"record-{routing.topic_of(t)}", t, _ref(KAFKA_SINK_API, routing.topic_of(t)))
+            for t in emitted_types()]
+
+
+def kafka_sink(topic: str) -> dict:
+    return _object(KAFKA_SINK_API, _meta(topic), spec={
+        "topic": topic,
+        "bootstrapServers": [KAFKA_BOOTSTRAP],
+        "numPartitions": KAFKA_PARTITIONS,
+        "replicationFactor": KAFKA_REPLICATION,
+        "contentMode": "binary",  # what the local dispatcher reads and writes
+    })
+
+
+def kafka_sinks() -> list[dict]:
+    records = [routing.topic_of(t) for t in emitted_types()]
+    dlqs = [routing.dlq_topic(t) for t in routing.TOPICS.values()]
+    return [kafka_sink(topic) for topic in records + dlqs]
+
+
+def _ingress_source(event_type: str) -> dict:
+    topic = routing.topic_of(event_type)
+    return _object(KAFKA_SOURCE_API, _event_meta(f"ingress-{topic}", event_type), spec={
+        "consumerGroup": f"flts-ingress-{topic}",
+        "bootstrapServers": [KAFKA_BOOTSTRAP],
+        "topics": [topic],
+        "initialOffset": "earliest",
+        "sink": _ref(BROKER_API, BROKER),
+        "delivery": _delivery(topic),
+    })
+
+
+def ingress_sources() -> list[dict]:
+    return [_ingress_source(t) for t in ingress_types()]
+
+
+def sink_bindings() -> list[dict]:
+    """K_SINK = the Broker for every Service that emits events."""
+    return [_object(SINK_BINDING_API, _meta(f"{d.name}-emits"), spec={
+        "subject": _ref(SERVICE_API, d.name)["ref"],
+        "sink": _ref(BROKER_API, BROKER),
+    }) for d in emitters()]
+
+
+def knative_files(registry: str = REGISTRY) -> dict[str, list[dict]]:
+    """Repository path → the objects in that file."""
+    return {
+        "eventing/knative/broker.yaml": [broker()],
+        "eventing/knative/triggers.yaml": subscriber_triggers() + record_triggers(),
+        "eventing/knative/kafka-sinks.yaml": kafka_sinks(),
+        "eventing/knative/kafka-sources.yaml": ingress_sources(),
+        "eventing/knative/sink-bindings.yaml": sink_bindings(),
+        "deploy/knative/config.yaml": [config_map()],
+        "deploy/knative/services.yaml": [knative_service(d, registry) for d in routing.DEPLOYMENTS],
+        # Not applied with the folder (`kubectl apply -f deploy/knative/` is not recursive).
+        "deploy/knative/templates/secret.yaml": [secret_template()],
+    }

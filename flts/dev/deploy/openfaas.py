@@ -1,0 +1,199 @@
+"""OpenFaaS: stack.yml, the dispatcher that triggers the functions, and shrinkwrapped build contexts.
+
+Each function's image runs of-watchdog by default: `:8080` → the function's server on
+127.0.0.1:5000, `max_inflight` answering 429 (template/flts-python/index.py starts the server).
+
+OpenFaaS CE has no Kafka connector: the project's dispatcher (flts/dispatcher.py) is the
+trigger. It consumes each deployment's topics and POSTs the events to the gateway, and its
+HTTP ingress is every function's K_SINK (outputs go to the topic of their type).
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from flts import __version__, routing
+from flts.dev import REPO
+from flts.dev.deploy.settings import (
+    APP_UID,
+    CONFIG,
+    GENERATED,
+    KAFKA_BOOTSTRAP,
+    PYTHON_IMAGE,
+    REGISTRY,
+    RETRIES,
+    TEMPLATE,
+    deployment_env,
+    image,
+    secret_file_name,
+    settings_of,
+)
+from flts.routing import Deployment
+
+GATEWAY = "http://127.0.0.1:8080"
+STACK_COPY = ("./flts", "./pyproject.toml", "./README.md")  # into each build context's function/
+# of-watchdog's own settings (lower case; read by the watchdog, not by our code).
+WATCHDOG_ENV = ("max_inflight", "read_timeout", "write_timeout", "exec_timeout", "healthcheck_interval")
+WATCHDOG_GRACE = 5  # seconds the watchdog waits beyond the function's own timeout
+
+DISPATCHER = "flts-dispatcher"
+DISPATCHER_NAMESPACE = "openfaas"
+DISPATCHER_PORT = 18090
+GATEWAY_IN_CLUSTER = "http://gateway.openfaas.svc.cluster.local:8080"
+DISPATCHER_URL = f"http://{DISPATCHER}.{DISPATCHER_NAMESPACE}.svc.cluster.local:{DISPATCHER_PORT}/"
+
+
+# --------------------------------------------------------------------------- stack.yml
+def openfaas_function(d: Deployment, registry: str = REGISTRY) -> dict:
+    fs = settings_of(d)
+    timeout = f"{fs.timeout_seconds + WATCHDOG_GRACE}s"
+    environment = {**{k: CONFIG[k] for k in sorted(fs.config)}, **deployment_env(d)}
+    if fs.emits:
+        environment["K_SINK"] = DISPATCHER_URL
+    environment.update(read_timeout=timeout, write_timeout=timeout, exec_timeout=timeout)
+    if "MAX_INFLIGHT" in fs.env:  # the watchdog turns the app's own limit away at once (429)
+        environment["max_inflight"] = fs.env["MAX_INFLIGHT"]
+    return {
+        "lang": TEMPLATE,
+        "handler": f"./functions/{d.function}",
+        "image": image(d.function, registry),
+        "build_args": {"FLTS_SERVER": fs.server, "FUNCTION_TARGET": fs.target},
+        "environment": environment,
+        "secrets": [secret_file_name(k) for k in fs.secrets],
+        "labels": {
+            "com.openfaas.scale.min": str(max(fs.min_scale, 1)),  # CE has no scale to zero
+            "com.openfaas.scale.max": str(fs.max_scale),
+            "com.openfaas.scale.zero": "true" if fs.min_scale == 0 else "false",  # Pro only
+        },
+        "annotations": {
+            "topic": ",".join(routing.topic_of(t) for t in d.subscribes),
+            # Probed through the watchdog, which proxies the path to the function.
+            "com.openfaas.health.http.path": fs.readiness_path,
+            "com.openfaas.health.http.initialDelay": "5s",
+        },
+        "requests": {"cpu": fs.requests["cpu"], "memory": fs.requests["memory"]},
+        "limits": {"cpu": fs.limits["cpu"], "memory": fs.limits["memory"]},
+    }
+
+
+def stack(registry: str = REGISTRY) -> dict:
+    return {
+        "version": "1.0",
+        "provider": {"name": "openfaas", "gateway": GATEWAY},
+        "configuration": {"templates": [{"name": TEMPLATE}], "copy": list(STACK_COPY)},
+        "functions": {d.name: openfaas_function(d, registry) for d in routing.DEPLOYMENTS},
+    }
+
+
+# --------------------------------------------------------------------------- dispatcher
+def dispatcher_image(registry: str = REGISTRY) -> str:
+    return f"{registry}/{DISPATCHER}:{__version__}"
+
+
+def _dispatcher_env() -> dict[str, str]:
+    slowest = max(settings_of(d).timeout_seconds for d in routing.DEPLOYMENTS)
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": KAFKA_BOOTSTRAP,
+        "DISPATCH_TARGETS": ",".join(f"{d.name}={GATEWAY_IN_CLUSTER}/function/{d.name}" for d in routing.DEPLOYMENTS),
+        "DISPATCH_MAX_RETRIES": str(RETRIES),
+        "DISPATCH_TIMEOUT_SEC": str(slowest + 2 * WATCHDOG_GRACE),  # longer than any function may take
+        "DISPATCH_INGRESS_HOST": "0.0.0.0",
+        "DISPATCH_INGRESS_PORT": str(DISPATCHER_PORT),
+    }
+
+
+def dispatcher_objects(registry: str = REGISTRY) -> list[dict]:
+    """Deployment + Service of the dispatcher, targets from the routing table."""
+    labels = {"app.kubernetes.io/name": DISPATCHER, "app.kubernetes.io/part-of": "flts"}
+    container = {
+        "name": "dispatcher",
+        "image": dispatcher_image(registry),
+        "ports": [{"name": "http", "containerPort": DISPATCHER_PORT}],
+        "env": [{"name": k, "value": v} for k, v in _dispatcher_env().items()],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": DISPATCHER_PORT}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": DISPATCHER_PORT}, "periodSeconds": 10},
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}},
+        "securityContext": {"runAsNonRoot": True, "runAsUser": APP_UID, "allowPrivilegeEscalation": False},
+    }
+    meta = {"name": DISPATCHER, "namespace": DISPATCHER_NAMESPACE, "labels": labels}
+    return [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": {
+            "replicas": 1,  # one consumer per group is enough; more replicas share the partitions
+            "selector": {"matchLabels": {"app.kubernetes.io/name": DISPATCHER}},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+        }},
+        {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": {
+            "selector": {"app.kubernetes.io/name": DISPATCHER},
+            "ports": [{"name": "http", "port": DISPATCHER_PORT, "targetPort": DISPATCHER_PORT}],
+        }},
+    ]
+
+
+DISPATCHER_DOCKERFILE = """\
+# {generated}
+# Image of the event dispatcher (Kafka → OpenFaaS functions, and their K_SINK). Build from
+# the repository root:  docker build -f deploy/openfaas/dispatcher.Dockerfile -t {image} .
+FROM {python}
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN useradd --uid {uid} --create-home --shell /usr/sbin/nologin app
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY flts/ flts/
+COPY eventing/dispatcher/ eventing/dispatcher/
+WORKDIR /app/eventing/dispatcher
+RUN pip install -r requirements.txt
+USER {uid}
+ENV HOME=/home/app
+EXPOSE {port}
+CMD ["python", "main.py"]
+"""
+
+
+def dispatcher_dockerfile(registry: str = REGISTRY) -> str:
+    return DISPATCHER_DOCKERFILE.format(generated=GENERATED.format(target="openfaas"), image=dispatcher_image(registry),
+                                        python=PYTHON_IMAGE, uid=APP_UID, port=DISPATCHER_PORT)
+
+
+# --------------------------------------------------------------------------- shrinkwrap
+_SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+
+
+def _copy(src: Path, dst: Path) -> None:
+    if src.is_dir():
+        shutil.copytree(src, dst, ignore=_SKIP, dirs_exist_ok=True)
+    else:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+
+
+def shrinkwrap(name: str, outdir: Path, repo: Path = REPO, stack_file: dict | None = None) -> Path:
+    """The build context `faas-cli build --shrinkwrap` makes for one function of stack.yml.
+
+    Layout (faas-cli / go-sdk builder.CreateBuildContext): the template's files at the
+    root, the handler folder's files under function/ (minus `build` and `template`), and
+    every `configuration.copy` path under function/<path>. Returns <outdir>/<name>.
+    """
+    spec = stack_file or stack()
+    try:
+        fn = spec["functions"][name]
+    except KeyError:
+        raise KeyError(f"no function {name!r} in stack.yml (known: {sorted(spec['functions'])})") from None
+    template_dir = repo / "template" / fn["lang"]
+    handler = (repo / fn["handler"]).resolve()
+    if not (template_dir / "template.yml").is_file():
+        raise FileNotFoundError(f"template {fn['lang']!r} not found: {template_dir}/template.yml is missing")
+    if not handler.is_dir():
+        raise FileNotFoundError(f"handler folder of {name!r} not found: {handler}")
+    context = Path(outdir) / name
+    if context.exists():
+        shutil.rmtree(context)
+    _copy(template_dir, context)
+    for item in sorted(handler.iterdir()):
+        if item.name not in ("build", "template") and not _SKIP(str(handler), [item.name]):
+            _copy(item, context / "function" / item.name)
+    for extra in spec.get("configuration", {}).get("copy", []):
+        src = (repo / extra).resolve()
+        if repo.resolve() not in src.parents:  # faas-cli refuses paths outside the project
+            raise ValueError(f"configuration.copy path {extra!r} is outside the project {repo}")
+        _copy(src, context / "function" / src.relative_to(repo.resolve()))
+    return context

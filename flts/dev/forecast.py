@@ -1,0 +1,80 @@
+"""Serving one forecast from a CSV: the last step of `make demo`, and `flts predict`'s request body.
+
+The app is the one `uvicorn functions.infer.main:app` serves; its startup resolves the
+promotion pointer and loads the ONNX file from object storage exactly as the server does,
+and the request goes through the ASGI app in-process (starlette's TestClient), so the
+forecast below really was served by POST /predict.
+"""
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+from flts.settings import Env
+from flts.storage import ObjectStore
+
+
+def last_rows(path: Path, count: int) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if len(rows) < count:
+        raise SystemExit(f"{path} has {len(rows)} rows; the forecast needs {count}")
+    return rows[-count:]
+
+
+def request_body(rows: list[dict[str, str]], timestamp_column: str) -> dict:
+    """Columns as /predict takes them. Empty cells carry the previous value forward
+    (the server refuses missing values rather than guessing)."""
+    data: dict[str, list] = {timestamp_column: [r[timestamp_column] for r in rows]}
+    for column in rows[0]:
+        if column == timestamp_column:
+            continue
+        values, previous = [], 0.0
+        for row in rows:
+            cell = row[column].strip()
+            previous = float(cell) if cell else previous
+            values.append(previous)
+        data[column] = values
+    return {"data": data, "index_col": timestamp_column}
+
+
+def serve_one_forecast(env: Env, store: ObjectStore, dataset: str, test_csv: Path) -> dict:
+    from starlette.testclient import TestClient
+
+    from flts.infer.app import create_app
+
+    started = time.perf_counter()
+    app = create_app({**env, "MODEL_IDENTIFIER": dataset}, store)
+    with TestClient(app) as client:  # runs the app's startup: pointer → ONNX session, warmed
+        loaded = time.perf_counter() - started
+        ready = client.get("/readyz")
+        if ready.status_code != 200:
+            raise SystemExit(f"the inference app is not ready: {ready.text}")
+        model = ready.json()["model"]
+        length, horizon, target = model["input_seq_len"], model["output_seq_len"], model["target"]
+        # The window ends `horizon` rows before the file does, so the actual values can be shown too.
+        rows = last_rows(test_csv, length + horizon)
+        window, actual = rows[:length], rows[length:]
+        body = request_body(window, model["timestamp_column"])
+        t0 = time.perf_counter()
+        response = client.post("/predict", json=body)
+        latency_ms = (time.perf_counter() - t0) * 1000
+    if response.status_code != 200:
+        raise SystemExit(f"POST /predict answered {response.status_code}: {response.text}")
+    result = response.json()
+    _print(model, body, result, actual, target, latency_ms, loaded)
+    return result
+
+
+def _print(model: dict, body: dict, result: dict, actual: list[dict], target: str, latency_ms: float, loaded: float) -> None:
+    times = body["data"][body["index_col"]]
+    print("\nforecast served by POST /predict (in-process ASGI app)")
+    print(f"  model       {model['model_type']} run {model['run_id']} ({model['format']}), identifier {model['identifier']}")
+    print(f"  config_hash {model['config_hash'][:16]}…  model load {loaded:.2f}s  request {latency_ms:.1f} ms")
+    print(f"  request     {len(times)} rows {times[0]} → {times[-1]}, {len(body['data']) - 1} columns")
+    print(f"\n  {'ts':<22}{'forecast ' + target:>22}{'actual':>18}{'error %':>10}")
+    for prediction, row in zip(result["predictions"], actual, strict=False):
+        value, truth = prediction[target], float(row[target]) if row.get(target) else float("nan")
+        err = f"{100 * (value - truth) / truth:+.1f}" if truth == truth and truth else "n/a"
+        print(f"  {prediction['ts']:<22}{value:>22,.0f}{truth:>18,.0f}{err:>10}")

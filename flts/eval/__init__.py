@@ -1,0 +1,1 @@
+"""The eval function: score every finished model type of a config hash, promote the winner."""

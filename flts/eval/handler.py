@@ -1,0 +1,390 @@
+"""Eval: `flts.model-training` SUCCESS events → one promotion per config hash → `flts.model-selected`.
+
+When every type in EXPECTED_MODEL_TYPES has a FINISHED MLflow run for a config hash, each
+(newest per type) is scored on the same held-out test windows with the target scale of the
+training split (DESIGN.md principle 4); the lowest score wins, ties go to the newest run.
+The winner's serving artifact is copied into the promotion bucket, so infer needs no MLflow
+client, and the pointer is written as history + `<identifier>/current.json` + `current.json`.
+
+Nothing is remembered between events (principle 1): which runs have finished is read
+from MLflow, which runs were promoted from the history objects. A re-delivered event
+rewrites the same pointer and adds no history entry (principle 2).
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from flts import events
+from flts.eval import scoring
+from flts.events import EventError, ModelTraining, PromotionPointer
+from flts.logs import error, log, warn
+from flts.metrics import WEIGHTS, TargetScale, regression_metrics
+from flts.promotion import current_key, history_key, promotion_bucket
+from flts.settings import Env, env_bool, env_float, env_int, env_list, env_str
+from flts.storage import ObjectNotFound, ObjectStore, get_json, put_json, store_from_env
+
+FUNCTION = "eval"
+CHAMPION_ALIAS = "champion"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+# MLflow draws download progress bars on stderr, which would break the JSON-line logs.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    expected_types: tuple[str, ...]
+    search_retries: int
+    search_delay: float
+    promotion_bucket: str
+    processed_bucket: str
+    tracking_uri: str
+    experiment_name: str | None
+    lookback_runs: int
+    register_champion: bool
+
+    @classmethod
+    def from_env(cls, env: Env) -> EvalSettings:
+        return cls(
+            expected_types=tuple(t.upper() for t in env_list(env, "EXPECTED_MODEL_TYPES", "GRU,LSTM,PROPHET")),
+            search_retries=env_int(env, "PROMOTION_SEARCH_RETRIES", 5, minimum=1),
+            search_delay=env_float(env, "PROMOTION_SEARCH_DELAY_SEC", 1.0),
+            promotion_bucket=promotion_bucket(env),
+            processed_bucket=env_str(env, "PROCESSED_BUCKET", "processed-data"),
+            tracking_uri=env_str(env, "MLFLOW_TRACKING_URI", ""),  # "" = MLflow's own default, as the trainer
+            experiment_name=env_str(env, "MLFLOW_EXPERIMENT_NAME", "") or None,
+            lookback_runs=env_int(env, "LOOKBACK_RUNS", 200, minimum=1),
+            register_champion=env_bool(env, "REGISTER_CHAMPION", True),
+        )
+
+    def experiment_for(self, request: ModelTraining) -> str:
+        return request.experiment or self.experiment_name or f"flts-{request.identifier}"
+
+
+@dataclass
+class Candidate:
+    run_id: str
+    model_type: str
+    start_time: int
+    experiment: str
+    reported: dict  # the trainer's own metrics, shown beside ours on the scoreboard
+    end_time: int = 0
+
+
+# ---------------------------------------------------------------- the handler
+
+def handle(event, env: Env) -> list:
+    request: ModelTraining = events.parse_data(event, (events.MODEL_TRAINING,))
+    if request.status != "SUCCESS":
+        log("promotion_ignore", reason=f"status {request.status}", model_type=request.model_type,
+            run_id=request.run_id, config_hash=request.config_hash, identifier=request.identifier)
+        return []
+    _check_request(request)
+    settings = EvalSettings.from_env(env)
+    client = mlflow_client(settings.tracking_uri)
+    candidates = find_candidates(client, request, settings)
+    if candidates is None:
+        return []
+    store = store_from_env(env)
+    pointer = promote(client, store, request, candidates, settings)
+    if pointer is None:
+        return []
+    return [events.make_event(events.MODEL_SELECTED, FUNCTION, pointer)]
+
+
+def _check_request(request: ModelTraining) -> None:
+    if not request.run_id:
+        raise EventError("flts.model-training: a SUCCESS event needs 'run_id'")
+    # Both go into object keys and MLflow filter strings: refuse anything but plain names.
+    for field in ("identifier", "config_hash"):
+        value = getattr(request, field)
+        if not _SAFE_NAME.match(value):
+            raise EventError(f"flts.model-training: field '{field}' {value!r} may hold only letters, digits, '.', '_' and '-'")
+
+
+def mlflow_client(tracking_uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri or None)
+
+
+# ---------------------------------------------------------------- which runs
+
+def find_candidates(client, request: ModelTraining, settings: EvalSettings) -> list[Candidate] | None:
+    """The newest FINISHED run per expected type, or None (logged) while some are missing or
+    when this event's run is not the last of them to finish (that run's event promotes).
+
+    Only the event's own run may lag behind its event (a remote tracking server), so only
+    its absence is worth waiting for; runs of other types that are missing simply have not
+    finished yet, and their own SUCCESS event will come back here.
+    """
+    experiment_name = settings.experiment_for(request)
+    for attempt in range(1, settings.search_retries + 1):
+        newest = search_finished(client, experiment_name, request.config_hash, settings.lookback_runs)
+        complete = all(t in newest for t in settings.expected_types)
+        own_visible = any(c.run_id == request.run_id for c in newest.values())
+        if complete or own_visible or attempt == settings.search_retries:
+            break
+        log("promotion_search_retry_wait", run_id=request.run_id, config_hash=request.config_hash,
+            attempt=attempt, delay=settings.search_delay)
+        time.sleep(settings.search_delay)
+    missing = [t for t in settings.expected_types if t not in newest]
+    if missing:
+        log("promotion_waiting_for_models", identifier=request.identifier, config_hash=request.config_hash,
+            experiment=experiment_name, have=sorted(newest), missing=missing)
+        return None
+    candidates = [newest[t] for t in settings.expected_types]
+    last = max(candidates, key=lambda c: (c.end_time, c.run_id))
+    if request.run_id != last.run_id:
+        # Every trainer's SUCCESS may arrive after all runs finished (the embedded router delivers
+        # breadth-first): only the event of the last run to finish promotes, so one set of runs
+        # gives one promotion. Its redelivery re-promotes the same pointer.
+        log("promotion_deferred", run_id=request.run_id, config_hash=request.config_hash,
+            promoting_run_id=last.run_id, promoting_model_type=last.model_type)
+        return None
+    log("promotion_all_models_present", identifier=request.identifier, config_hash=request.config_hash,
+        runs={c.model_type: c.run_id for c in candidates})
+    return candidates
+
+
+def search_finished(client, experiment_name: str, config_hash: str, limit: int) -> dict[str, Candidate]:
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None and experiment_name.isdigit():  # an event may carry the experiment id
+        experiment = _experiment_by_id(client, experiment_name)
+    if experiment is None:
+        return {}
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=limit,
+    )
+    newest: dict[str, Candidate] = {}
+    for run in runs:  # newest first: the first run seen per type is the one that counts
+        model_type = (run.data.tags.get("model_type") or run.data.params.get("model_type") or "").upper()
+        if model_type and model_type not in newest:
+            newest[model_type] = Candidate(run.info.run_id, model_type, run.info.start_time or 0,
+                                           experiment.name, dict(run.data.metrics), run.info.end_time or 0)
+    return newest
+
+
+def _experiment_by_id(client, experiment_id: str):
+    try:
+        return client.get_experiment(experiment_id)
+    except Exception:  # noqa: BLE001 - MlflowException when there is no such id
+        return None
+
+
+# ---------------------------------------------------------------- scoring
+
+@dataclass
+class Scored:
+    candidate: Candidate
+    artifact: scoring.ServingArtifact
+    metrics: dict
+
+
+def load_split(store: ObjectStore, request: ModelTraining, settings: EvalSettings) -> scoring.Split:
+    """The processed train/test Parquet the event points to (or the config hash's standard keys)."""
+    from flts.preprocess.handler import output_keys
+
+    keys = output_keys(request.identifier, request.config_hash)
+    bucket = request.bucket or settings.processed_bucket
+    train = scoring.read_parquet(store, bucket, request.object_key or keys["train"])
+    test = scoring.read_parquet(store, bucket, request.test_object_key or keys["test"])
+    return scoring.Split(train, test)
+
+
+def score_candidates(client, candidates: list[Candidate], split: scoring.Split, workdir: Path) -> list[Scored]:
+    """Score every candidate on the same test windows; a run that cannot be scored is left out."""
+    loaded = []
+    for cand in candidates:
+        try:
+            artifact = scoring.download_serving_artifact(client, cand.run_id, cand.model_type, workdir / cand.run_id)
+            loaded.append((cand, artifact, scoring.load_forecaster(artifact)))
+        except scoring.ArtifactError as exc:
+            error("promotion_run_excluded", run_id=cand.run_id, model_type=cand.model_type, error=str(exc))
+    if not loaded:
+        return []
+    origin = scoring.first_origin([a.signature for _, a, _ in loaded])
+    scored = []
+    for cand, artifact, model in loaded:
+        target = artifact.signature["target"]
+        try:
+            scoring.check_enough_rows(len(split.test), origin, artifact.signature["output_seq_len"])
+            if target not in split.train.columns:
+                raise scoring.ArtifactError(f"the training data has no target column {target!r}")
+            pred, y = model.forecast(split.test, origin)
+            metrics = regression_metrics(y, pred, TargetScale.fit(split.train[target].to_numpy()))
+        except (scoring.ArtifactError, ValueError) as exc:
+            error("promotion_run_excluded", run_id=cand.run_id, model_type=cand.model_type, error=str(exc))
+            continue
+        metrics["windows"] = len(y)
+        scored.append(Scored(cand, artifact, metrics))
+    return scored
+
+
+def _rank(s: Scored) -> tuple[float, int]:
+    """Lowest score first; on a tie the newest run (latest start time)."""
+    return s.metrics["score"], -s.candidate.start_time
+
+
+def pick_winner(scored: list[Scored]) -> Scored:
+    return min(scored, key=_rank)
+
+
+def scoreboard_rows(scored: list[Scored]) -> list[dict]:
+    rows = []
+    for s in sorted(scored, key=_rank):
+        rows.append({"run_id": s.candidate.run_id, "model_type": s.candidate.model_type,
+                     "start_time": s.candidate.start_time, **s.metrics,
+                     "trainer_score": s.candidate.reported.get("score")})
+    return rows
+
+
+# ---------------------------------------------------------------- promotion
+
+def promote(client, store: ObjectStore, request: ModelTraining, candidates: list[Candidate],
+            settings: EvalSettings) -> PromotionPointer | None:
+    split = load_split(store, request, settings)
+    with tempfile.TemporaryDirectory(prefix="flts-eval-") as tmp:
+        scored = score_candidates(client, candidates, split, Path(tmp))
+        if not scored:
+            error("promotion_no_valid_runs", identifier=request.identifier, config_hash=request.config_hash,
+                  runs=[c.run_id for c in candidates])
+            return None
+        log("promotion_scoreboard", identifier=request.identifier, config_hash=request.config_hash,
+            rows=len(scored), scoreboard=scoreboard_rows(scored))
+        winner = pick_winner(scored)
+        artifact_key = copy_artifact(store, settings.promotion_bucket, request, winner.artifact)
+    pointer = previous_promotion(store, settings.promotion_bucket, request.identifier, request.config_hash,
+                                 winner.candidate.run_id)
+    if pointer is None:
+        pointer = build_pointer(request, winner, settings.promotion_bucket, artifact_key)
+        put_json(store, settings.promotion_bucket,
+                 history_key(request.identifier, request.config_hash, pointer.timestamp), pointer.model_dump(mode="json"))
+    else:
+        log("promotion_repeat", run_id=pointer.run_id, config_hash=request.config_hash, timestamp=pointer.timestamp)
+    write_current(store, settings.promotion_bucket, current_key(request.identifier), pointer)
+    write_current(store, settings.promotion_bucket, current_key(), pointer)
+    log("promotion_decision", identifier=pointer.identifier, config_hash=pointer.config_hash, run_id=pointer.run_id,
+        model_type=pointer.model_type, score=pointer.score, artifact_key=pointer.artifact_key)
+    if settings.register_champion:
+        set_champion(client, request.identifier, pointer)
+    return pointer
+
+
+def artifact_prefix(identifier: str, config_hash: str, run_id: str) -> str:
+    return f"{identifier}/{config_hash}/artifacts/{run_id}"
+
+
+def copy_artifact(store: ObjectStore, bucket: str, request: ModelTraining, artifact: scoring.ServingArtifact) -> str:
+    """Put the winner's model file and signature beside the pointer; keyed by run id, so a copy
+    made again writes the same bytes to the same keys."""
+    prefix = artifact_prefix(request.identifier, request.config_hash, artifact.run_id)
+    store.ensure_bucket(bucket)
+    model_key = f"{prefix}/{artifact.model_path.name}"
+    model_bytes = artifact.model_path.read_bytes()
+    store.put_bytes(bucket, model_key, model_bytes)
+    store.put_bytes(bucket, f"{prefix}/{scoring.SIGNATURE}", artifact.signature_path.read_bytes(), "application/json")
+    log("promotion_artifacts_ok", run_id=artifact.run_id, model_type=artifact.model_type, format=artifact.format,
+        artifact_bucket=bucket, artifact_key=model_key, bytes=len(model_bytes))
+    return model_key
+
+
+def build_pointer(request: ModelTraining, winner: Scored, bucket: str, artifact_key: str) -> PromotionPointer:
+    sig, cand = winner.artifact.signature, winner.candidate
+    return PromotionPointer(
+        identifier=request.identifier,
+        config_hash=request.config_hash,
+        run_id=cand.run_id,
+        model_type=cand.model_type,
+        experiment=cand.experiment,
+        model_uri=f"runs:/{cand.run_id}/{cand.model_type}",
+        rmse=winner.metrics["rmse"],
+        mae=winner.metrics["mae"],
+        mse=winner.metrics["mse"],
+        score=winner.metrics["score"],
+        timestamp=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        weights=dict(WEIGHTS),
+        artifact_bucket=bucket,
+        artifact_key=artifact_key,
+        artifact_format=sig["format"],
+        input_seq_len=sig["input_seq_len"],
+        output_seq_len=sig["output_seq_len"],
+        feature_columns=sig.get("feature_columns"),
+        target=sig.get("target"),
+        timestamp_column=sig.get("timestamp_column"),
+        frequency_seconds=sig.get("frequency_seconds"),
+        nrmse=winner.metrics["nrmse"],
+        mase=winner.metrics["mase"],
+        rmse_orig=winner.metrics["rmse_orig"],
+        mae_orig=winner.metrics["mae_orig"],
+    )
+
+
+def previous_promotion(store: ObjectStore, bucket: str, identifier: str, config_hash: str,
+                       run_id: str) -> PromotionPointer | None:
+    """The history entry that already promoted this run, if any (so redelivery adds none)."""
+    for key in store.list_keys(bucket, f"{identifier}/{config_hash}/promotion-"):
+        try:
+            stored = get_json(store, bucket, key)
+        except ObjectNotFound:
+            continue
+        if isinstance(stored, dict) and stored.get("run_id") == run_id:
+            return PromotionPointer.model_validate(stored)
+    return None
+
+
+def write_current(store: ObjectStore, bucket: str, key: str, pointer: PromotionPointer) -> None:
+    """Point `key` at this promotion unless it already names a newer one (a late redelivery
+    of an older config must not roll the current model back)."""
+    try:
+        existing = get_json(store, bucket, key)
+    except ObjectNotFound:
+        existing = None
+    newer = (isinstance(existing, dict) and existing.get("run_id") != pointer.run_id
+             and _when(existing.get("timestamp")) > _when(pointer.timestamp))
+    if newer:
+        log("promotion_pointer_kept", key=key, current_run_id=existing.get("run_id"), run_id=pointer.run_id)
+        return
+    put_json(store, bucket, key, pointer.model_dump(mode="json"))
+
+
+def _when(timestamp) -> datetime:
+    try:
+        return datetime.fromisoformat(str(timestamp))
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
+
+
+def registered_model_name(identifier: str) -> str:
+    return f"flts-{identifier}"
+
+
+def set_champion(client, identifier: str, pointer: PromotionPointer) -> None:
+    """Register the winner's model folder and point the `champion` alias at it (idempotent)."""
+    name = registered_model_name(identifier)
+    try:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            client.create_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        versions = client.search_model_versions(f"name = '{name}' and run_id = '{pointer.run_id}'")
+        version = next((v.version for v in versions if v.source == pointer.model_uri), None)
+        if version is None:
+            version = client.create_model_version(name, pointer.model_uri, run_id=pointer.run_id).version
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+        log("promotion_champion_alias", registered_model=name, version=str(version), run_id=pointer.run_id)
+    except Exception as exc:  # noqa: BLE001 - the registry is a convenience; the pointer is the contract
+        warn("promotion_registry_unavailable", registered_model=name, run_id=pointer.run_id,
+             error=f"{type(exc).__name__}: {exc}")

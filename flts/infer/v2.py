@@ -1,0 +1,86 @@
+"""Open Inference Protocol v2 (KServe / Triton REST) over the served model.
+
+This is the tensor-level API: the client sends the model input exactly as the ONNX graph
+takes it ("input", FP32, [batch, input_seq_len, n_features], raw values, time features
+included) and gets "forecast" [batch, output_seq_len] back. JSON tensors only
+(tritonclient's binary_data=False).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from flts.infer.features import RequestError
+from flts.infer.model import INPUT_NAME, OUTPUT_NAME, ServedModel
+
+PLATFORM = {"onnx": "onnxruntime_onnx", "prophet-json": "prophet"}
+
+
+def model_metadata(model: ServedModel) -> dict:
+    spec = model.spec
+    return {
+        "name": model.info.identifier,
+        "versions": [model.info.run_id],
+        "platform": PLATFORM.get(model.info.artifact_format, model.info.artifact_format),
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP32",
+                    "shape": [-1, spec.input_seq_len, len(spec.feature_columns)]}],
+        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, spec.output_seq_len]}],
+        "parameters": {"feature_columns": list(spec.feature_columns), "target": spec.target,
+                       "model_type": model.info.model_type, "config_hash": model.info.config_hash},
+    }
+
+
+def parse_infer(body, model: ServedModel, max_rows: int) -> tuple[np.ndarray, str | None]:
+    """The infer request → (x [batch, L, F] float32, request id)."""
+    if not isinstance(body, dict):
+        raise RequestError("the v2 infer body must be a JSON object")
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise RequestError(f"'inputs' must be a list with one tensor named {INPUT_NAME!r}")
+    tensor = inputs[0]
+    if tensor.get("name") != INPUT_NAME:
+        raise RequestError(f"unknown input {str(tensor.get('name'))[:50]!r}; the model takes {INPUT_NAME!r}")
+    if tensor.get("datatype") != "FP32":
+        raise RequestError(f"input datatype must be 'FP32', got {str(tensor.get('datatype'))[:20]!r}")
+    spec = model.spec
+    shape = tensor.get("shape")
+    expected = [spec.input_seq_len, len(spec.feature_columns)]
+    if (not isinstance(shape, list) or len(shape) != 3 or not all(type(d) is int for d in shape)
+            or shape[1:] != expected or not 1 <= shape[0] <= max_rows):
+        raise RequestError(f"input shape must be [batch, {expected[0]}, {expected[1]}] with 1 <= batch <= {max_rows}, "
+                           f"got {str(shape)[:60]}")
+    data = tensor.get("data")
+    if isinstance(data, list) and any(isinstance(v, list) for v in data):
+        data = _flatten(data)  # nested (row-major) lists are allowed by the protocol
+    if not isinstance(data, list) or len(data) != shape[0] * shape[1] * shape[2]:
+        raise RequestError(f"'data' must hold {shape[0] * shape[1] * shape[2]} numbers (row-major)")
+    if not set(map(type, data)) <= {int, float}:
+        raise RequestError("'data' must hold only numbers (no null, NaN, strings or booleans)")
+    x = np.asarray(data, dtype=np.float64)
+    if not np.all(np.abs(x) <= np.finfo(np.float32).max):
+        raise RequestError("'data' holds a value out of the float32 range")
+    request_id = body.get("id")
+    return x.astype(np.float32).reshape(shape), request_id if isinstance(request_id, str) else None
+
+
+def _flatten(data: list, depth: int = 0) -> list:
+    if depth > 3:
+        raise RequestError("'data' is nested deeper than the tensor's rank")
+    out = []
+    for value in data:
+        if isinstance(value, list):
+            out.extend(_flatten(value, depth + 1))
+        else:
+            out.append(value)
+    return out
+
+
+def infer_response(model: ServedModel, forecast: np.ndarray, request_id: str | None) -> dict:
+    response = {
+        "model_name": model.info.identifier,
+        "model_version": model.info.run_id,
+        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(forecast.shape),
+                     "data": forecast.ravel().tolist()}],
+    }
+    if request_id is not None:
+        response["id"] = request_id
+    return response

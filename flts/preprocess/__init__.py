@@ -1,0 +1,1 @@
+"""The preprocess function: raw CSV → feature Parquet keyed by a config hash."""
