@@ -26,7 +26,7 @@ from pathlib import Path
 
 import orjson
 
-from flts import events, routing
+from flts import events, forecasters, routing
 from flts.dev.demo import DATA_DIR, embedded_env, upload_dataset
 from flts.embedded import EmbeddedRouter
 from flts.eval import scoring
@@ -39,7 +39,6 @@ PAPER = {  # NRMSE on the _test.csv windows, one step ahead (data/lte/README.md)
     "PobleSec": {"lstm_fednova": 0.5063, "lstm_fedavg": 0.5139, "persistence": 0.5704},
     "ElBorn": {"lstm_fednova": 0.4510, "lstm_fedavg": 0.4726, "persistence": 0.5186},
 }
-MODEL_TYPES = routing.MODEL_TYPES
 
 
 def run_pipeline(dataset: str, data_dir: Path, workdir: Path) -> dict:
@@ -79,7 +78,7 @@ def evaluate_dataset(dataset: str, data_dir: Path, workdir: Path) -> dict:
     experiment = next(e["experiment"] for e in out["trained"] if e.get("status") == "SUCCESS")
     runs = search_finished(client, experiment, claim["config_hash"], limit=200)
     loaded = {}
-    for model_type in MODEL_TYPES:
+    for model_type in forecasters.names():
         cand = runs[model_type]
         artifact = scoring.download_serving_artifact(client, cand.run_id, model_type, workdir / "scoring" / cand.run_id)
         loaded[model_type] = (cand, artifact, scoring.load_forecaster(artifact))

@@ -36,7 +36,8 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from flts import events, routing  # noqa: E402
 from flts.dev import infra, stack  # noqa: E402
-from flts.dispatcher import EventProducer, event_from_kafka  # noqa: E402
+from flts.dispatcher.codec import event_from_kafka  # noqa: E402
+from flts.dispatcher.producer import EventProducer  # noqa: E402
 
 NOOP_SOURCE = '''
 import functions_framework

@@ -2,16 +2,27 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from flts import __version__
+from flts.logs import configure
+from flts.settings import ConfigError, Env
 
 
 def _schemas(args) -> int:
     from flts.dev.schemas import write_schemas
 
     for path in write_schemas(Path(args.out)):
+        print(path)
+    return 0
+
+
+def _settings_docs(args) -> int:
+    from flts.dev.settings_docs import write_docs
+
+    for path in write_docs(Path(args.docs)):
         print(path)
     return 0
 
@@ -63,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default=".flts/embedded", help="where the embedded object store and MLflow live")
     demo.add_argument("--fresh", action="store_true", help="start from an empty workdir")
     demo.add_argument("--until", default="all", choices=["preprocess", "all"], help="stop after this stage")
+    demo.add_argument("--json", action="store_true",
+                      help="the functions' log lines as JSON, all of them, as deployed functions write them "
+                           "(default: short text lines from WARNING up; LOG_FORMAT and LOG_LEVEL override)")
     demo.set_defaults(func=_demo)
 
     predict = sub.add_parser("predict", help="forecast from the last rows of a CSV with a running infer (POST /predict)")
@@ -76,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     schemas = sub.add_parser("schemas", help="write the event JSON Schemas (docs/schemas)")
     schemas.add_argument("--out", default="docs/schemas")
     schemas.set_defaults(func=_schemas)
+
+    settings_docs = sub.add_parser("settings-docs", help="regenerate the settings tables in docs/*.md from the settings models")
+    settings_docs.add_argument("--docs", default="docs")
+    settings_docs.set_defaults(func=_settings_docs)
 
     from flts.dev.deploy import add_parser as add_deploy_parser  # `flts deploy render|shrinkwrap`
 
@@ -93,8 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _logging_env(args) -> Env:
+    if args.command != "demo":
+        return os.environ
+    from flts.dev.demo import logging_env
+
+    return logging_env(os.environ, json_lines=args.json)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        configure(_logging_env(args))
+    except ConfigError as exc:  # a bad LOG_LEVEL or LOG_FORMAT: a usage error, not a traceback
+        parser.error(str(exc))
     return args.func(args)
 
 

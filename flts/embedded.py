@@ -7,24 +7,16 @@ rest of the events still flow.
 """
 from __future__ import annotations
 
-import importlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from flts import routing
-from flts.events import EventError
+from flts.delivery import Outcome, outcome_of_exception
 from flts.logs import log, set_component
 from flts.settings import Env
-from flts.storage import InvalidKey
-
-Handler = Callable[[object, Env], list]
-
-
-def load_handler(spec: str) -> Handler:
-    module, _, attribute = spec.partition(":")
-    return getattr(importlib.import_module(module), attribute)
+from flts.spec import FunctionSpec, Handler
 
 
 @dataclass
@@ -68,24 +60,24 @@ class EmbeddedRouter:
     def _subscribers(self, event_type: str) -> list[routing.Deployment]:
         return [d for d in self.deployments if event_type in d.subscribes]
 
-    def _handler(self, spec: str) -> Handler:
-        if spec not in self._handlers:
-            self._handlers[spec] = load_handler(spec)
-        return self._handlers[spec]
+    def _handler(self, spec: FunctionSpec) -> Handler:
+        if spec.handler not in self._handlers:
+            self._handlers[spec.handler] = spec.load_handler()
+        return self._handlers[spec.handler]
 
     def _deliver(self, deployment: routing.Deployment, event) -> None:
         set_component(deployment.name)  # log lines name the function, as in their own process
         started = time.perf_counter()
         try:
             # Loading inside the try: a deployment whose code is missing dead-letters, the bus goes on.
-            emitted = list(self._handler(deployment.handler)(event, {**self.env, **deployment.env}) or [])
+            emitted = list(self._handler(deployment.spec)(event, {**self.env, **deployment.env}) or [])
             for out in emitted:  # refuse the whole output before any of it is published
                 routing.topic_of(out["type"])
             error = None
-        except (EventError, InvalidKey) as exc:  # bad input: nothing to retry
-            emitted, error = [], f"rejected: {exc}"
         except Exception as exc:  # noqa: BLE001 - a dead letter, not a crash of the bus
-            emitted, error = [], f"{type(exc).__name__}: {exc}"
+            # "rejected": what the HTTP entry answers 4xx for, so no transport would retry it either
+            rejected = outcome_of_exception(exc) is Outcome.DEAD_LETTER
+            emitted, error = [], f"rejected: {exc}" if rejected else f"{type(exc).__name__}: {exc}"
         delivery = Delivery(deployment.name, event["type"], time.perf_counter() - started,
                             [e["type"] for e in emitted], error)
         if error:

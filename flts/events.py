@@ -140,8 +140,6 @@ def parse_data(event: CloudEvent, expected: tuple[str, ...] | None = None) -> Ba
     if model is None:
         raise EventError(f"unknown event type {event_type!r} (known: {sorted(EVENT_MODELS)})")
     data = event.data
-    if isinstance(data, (bytes, str)):
-        raise EventError(f"{event_type}: data must be a JSON object, got {type(data).__name__}")
     if not isinstance(data, dict):
         raise EventError(f"{event_type}: data must be a JSON object, got {type(data).__name__}")
     return _validate(event_type, model, data)
@@ -157,7 +155,7 @@ def _validate(event_type: str, model: type[BaseModel], data: dict) -> BaseModel:
 def _describe(exc: ValidationError) -> str:
     problems = []
     for err in exc.errors():
-        field = ".".join(str(part) for part in err["loc"]) or "data"
+        field = ".".join(str(part) for part in err["loc"])
         if err["type"] == "missing":
             problems.append(f"missing field '{field}'")
         else:

@@ -8,6 +8,7 @@ instead and the reply is 202.
 Status codes tell the caller whether to retry: 400 = this event is bad (dead-letter it),
 413 = the body is over MAX_EVENT_BYTES, 422 = the object the claim points to is missing,
 5xx = something failed that may pass later (502: the output could not reach K_SINK).
+The rule is flts.delivery's, shared with infer, the embedded router and the dispatcher.
 """
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ import orjson
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import from_http
 
-from flts.embedded import Handler
+from flts.delivery import SinkError, TooLarge, error_text, log_failure, status_of_exception
 from flts.events import MAX_EVENT_BYTES, EventError
-from flts.logs import error, log
-from flts.storage import InvalidKey, ObjectNotFound
+from flts.logs import log
+from flts.spec import Handler
 
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 HEALTH_PATHS = ("/healthz", "/readyz")
@@ -36,16 +37,10 @@ def serve_events(request, handler: Handler, env=None):
     env = os.environ if env is None else env
     if request.method == "GET" and request.path in HEALTH_PATHS:  # liveness/readiness probes
         return _json(200, status="ok")
-    declared = request.content_length or 0
-    if declared > MAX_EVENT_BYTES:  # refuse before reading the body into memory
-        return _json(413, error=f"event body of {declared} bytes is over the limit of {MAX_EVENT_BYTES}")
-    body = request.get_data(cache=False)
-    if len(body) > MAX_EVENT_BYTES:
-        return _json(413, error=f"event body of {len(body)} bytes is over the limit of {MAX_EVENT_BYTES}")
     try:
-        event = from_http(dict(request.headers), body)
-    except Exception as exc:  # the SDK raises several types for malformed events
-        return _json(400, error=f"not a valid CloudEvent: {exc}")
+        event = _read_event(request)
+    except (TooLarge, EventError) as exc:
+        return _json(status_of_exception(exc), error=str(exc))
     sink = env.get("K_SINK")
     emitted = []
     try:
@@ -53,24 +48,25 @@ def serve_events(request, handler: Handler, env=None):
             if sink:  # e.g. a trainer's RUNNING leaves now, not when training ends
                 _to_sink(sink, out)
             emitted.append(out)
-    except SinkError as exc:  # 502 so the caller redelivers (handlers are idempotent)
-        error("sink_failed", event_type=event["type"], event_id=event["id"], error=str(exc))
-        return _json(502, error=str(exc))
-    except (EventError, InvalidKey) as exc:
-        error("event_rejected", event_type=event["type"], event_id=event["id"], error=str(exc))
-        return _json(400, error=str(exc))
-    except ObjectNotFound as exc:
-        error("event_rejected", event_type=event["type"], event_id=event["id"], error=str(exc))
-        return _json(422, error=str(exc))
-    except Exception as exc:  # noqa: BLE001 - retryable by the caller
-        error("event_failed", event_type=event["type"], event_id=event["id"], error=f"{type(exc).__name__}: {exc}")
-        return _json(500, error=f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - flts.delivery gives each failure the status that tells the caller
+        log_failure(event, exc)
+        return _json(status_of_exception(exc), error=error_text(exc))
     log("event_handled", event_type=event["type"], event_id=event["id"], emitted=[e["type"] for e in emitted])
     return ("", 202, {}) if sink else reply(emitted)
 
 
-class SinkError(RuntimeError):
-    """K_SINK did not take an output event."""
+def _read_event(request):
+    """The request's CloudEvent; TooLarge or EventError when there is none to handle."""
+    declared = request.content_length or 0
+    if declared > MAX_EVENT_BYTES:  # refuse before reading the body into memory
+        raise TooLarge(f"event body of {declared} bytes is over the limit of {MAX_EVENT_BYTES}")
+    body = request.get_data(cache=False)
+    if len(body) > MAX_EVENT_BYTES:
+        raise TooLarge(f"event body of {len(body)} bytes is over the limit of {MAX_EVENT_BYTES}")
+    try:
+        return from_http(dict(request.headers), body)
+    except Exception as exc:  # noqa: BLE001 - the SDK raises several types for malformed events
+        raise EventError(f"not a valid CloudEvent: {exc}") from None
 
 
 def _to_sink(sink: str, event) -> None:

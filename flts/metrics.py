@@ -1,4 +1,4 @@
-"""Comparable metrics (DESIGN.md principle 4).
+"""Comparable metrics (docs/design.md principle 4).
 
 Every model is scored on the same held-out test windows with the same target scaler
 (mean/std of the training split's target): score = 0.5·rmse + 0.3·mae + 0.2·mse on the

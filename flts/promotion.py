@@ -1,4 +1,4 @@
-"""Promotion pointers in the `model-promotion` bucket (layout in DESIGN.md).
+"""Promotion pointers in the `model-promotion` bucket (layout: docs/design.md principle 8).
 
     <identifier|global>/<config_hash>/promotion-<ts>.json   history, one object per promotion
     <identifier|global>/current.json                         the scope's current pointer
@@ -10,14 +10,14 @@ Eval writes them; infer resolves `current.json` → `global/current.json` →
 from __future__ import annotations
 
 from flts.events import PromotionPointer
-from flts.settings import Env, env_str
+from flts.settings import Env, PromotionBucket
 from flts.storage import ObjectNotFound, ObjectStore, get_json
 
 GLOBAL = "global"
 
 
 def promotion_bucket(env: Env) -> str:
-    return env_str(env, "PROMOTION_BUCKET", "model-promotion")
+    return PromotionBucket.from_env(env).promotion_bucket
 
 
 def history_key(scope: str, config_hash: str, timestamp: str) -> str:

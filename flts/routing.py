@@ -1,28 +1,40 @@
 """The routing table: which event type travels on which topic and which deployments get it.
 
-One table drives the embedded router, the local Kafka dispatcher and the generated
-Knative/OpenFaaS wiring, so the three cannot drift apart.
+Derived from the functions' specs (`flts.<function>.SPEC`): a deployment is one variant of a
+function (a trainer per MODEL_TYPE) subscribed to the event types that function takes. The
+embedded router, the local dispatcher and the generated Knative/OpenFaaS wiring all read
+this table, so they cannot drift apart.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flts import events
+from flts import eval as eval_function
+from flts import events, infer, preprocess, train
+from flts.spec import FunctionSpec
 
 
 @dataclass(frozen=True)
 class Deployment:
-    """One running copy of a function folder with its own settings (a trainer per MODEL_TYPE)."""
+    """One running copy of a function with its own settings (a trainer per MODEL_TYPE)."""
 
     name: str
-    function: str  # folder under functions/
-    subscribes: tuple[str, ...]
+    spec: FunctionSpec
     env: dict[str, str] = field(default_factory=dict)
-    handler: str = ""  # "module:attribute" of the CloudEvent handler
+
+    @property
+    def function(self) -> str:  # the folder under functions/
+        return self.spec.name
+
+    @property
+    def subscribes(self) -> tuple[str, ...]:
+        return self.spec.takes
 
     def __hash__(self) -> int:
         return hash(self.name)
 
+
+SPECS: tuple[FunctionSpec, ...] = (preprocess.SPEC, train.SPEC, eval_function.SPEC, infer.SPEC)
 
 TOPICS: dict[str, str] = {
     events.DATASET_READY: "dataset-ready",
@@ -32,16 +44,8 @@ TOPICS: dict[str, str] = {
     events.MODEL_SELECTED: "model-selected",
 }
 
-MODEL_TYPES = ("GRU", "LSTM", "PROPHET")
-
-DEPLOYMENTS: tuple[Deployment, ...] = (
-    Deployment("preprocess", "preprocess", (events.DATASET_READY,), handler="flts.preprocess.handler:handle"),
-    *(
-        Deployment(f"train-{m.lower()}", "train", (events.TRAINING_DATA,), {"MODEL_TYPE": m}, "flts.train.handler:handle")
-        for m in MODEL_TYPES
-    ),
-    Deployment("eval", "eval", (events.MODEL_TRAINING,), handler="flts.eval.handler:handle"),
-    Deployment("infer", "infer", (events.MODEL_SELECTED, events.INFERENCE_DATA), handler="flts.infer.handler:handle"),
+DEPLOYMENTS: tuple[Deployment, ...] = tuple(
+    Deployment(variant.name, spec, variant.env) for spec in SPECS for variant in spec.deployments()
 )
 
 
@@ -69,3 +73,10 @@ def deployment(name: str) -> Deployment:
         if d.name == name:
             return d
     raise KeyError(f"no deployment named {name!r} (known: {[d.name for d in DEPLOYMENTS]})")
+
+
+def function_spec(name: str) -> FunctionSpec:
+    for spec in SPECS:
+        if spec.name == name:
+            return spec
+    raise KeyError(f"no function named {name!r} (known: {[s.name for s in SPECS]})")

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import orjson
 
-from flts.settings import Env, env_bool, env_str
+from flts.settings import Env, Flag, Settings, knob
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 MAX_KEY_LENGTH = 1024
@@ -194,16 +194,21 @@ class S3Store:
 DEFAULT_EMBEDDED_ROOT = ".flts/embedded/objects"
 
 
+class StorageSettings(Settings):
+    endpoint: str = knob("S3_ENDPOINT", "", "host:port of the S3 server (an http:// or https:// prefix is stripped); "
+                                            "empty = the FileStore")
+    access_key: str = knob("S3_ACCESS_KEY", "", "S3 credentials: access key", repr=False)
+    secret_key: str = knob("S3_SECRET_KEY", "", "S3 credentials: secret key", repr=False)
+    secure: Flag = knob("S3_SECURE", False, "TLS to the S3 server")
+    region: str = knob("S3_REGION", "", "S3 region; empty = the server's")
+    object_dir: str = knob("FLTS_OBJECT_DIR", DEFAULT_EMBEDDED_ROOT, "root of the FileStore (a folder per bucket)")
+
+
 def store_from_env(env: Env) -> ObjectStore:
     """S3 when S3_ENDPOINT is set, else the filesystem store under FLTS_OBJECT_DIR."""
-    endpoint = env_str(env, "S3_ENDPOINT", "")
-    if endpoint:
-        endpoint = endpoint.removeprefix("http://").removeprefix("https://")
-        return S3Store(
-            endpoint,
-            env_str(env, "S3_ACCESS_KEY", ""),
-            env_str(env, "S3_SECRET_KEY", ""),
-            secure=env_bool(env, "S3_SECURE", False),
-            region=env_str(env, "S3_REGION", "") or None,
-        )
-    return FileStore(env_str(env, "FLTS_OBJECT_DIR", DEFAULT_EMBEDDED_ROOT))
+    settings = StorageSettings.from_env(env)
+    if not settings.endpoint:
+        return FileStore(settings.object_dir)
+    endpoint = settings.endpoint.removeprefix("http://").removeprefix("https://")
+    return S3Store(endpoint, settings.access_key, settings.secret_key, secure=settings.secure,
+                   region=settings.region or None)

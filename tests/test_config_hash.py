@@ -1,4 +1,4 @@
-"""The config hash is the identity of a preprocessing output (DESIGN.md principle 3).
+"""The config hash is the identity of a preprocessing output (docs/design.md principle 3).
 
 It must be stable (same inputs → same hash, in any process, in any key order) and must
 change with everything that changes the output: each knob, the data, EXTRA_HASH_SALT.

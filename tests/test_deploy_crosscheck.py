@@ -11,6 +11,7 @@ import yaml
 
 from flts import events, routing
 from flts.dev import deploy
+from flts.spec import Server
 
 REPO = Path(__file__).resolve().parent.parent
 CODE_DIRS = ("flts", "functions", "template")  # where the code that reads the environment lives
@@ -96,9 +97,9 @@ def test_triggers_filter_only_on_routed_types_and_reach_only_declared_subscriber
 
 def test_what_a_function_emits_is_routed_and_matches_its_handler_code():
     for d in routing.DEPLOYMENTS:
-        emits = deploy.settings_of(d).emits
+        emits = d.spec.emits
         assert set(emits) <= set(routing.TOPICS)
-        module = d.handler.split(":")[0]
+        module = d.spec.handler.split(":")[0]
         spec = importlib.util.find_spec(module)
         if spec is None:
             pytest.fail(f"{d.name}: handler module {module} does not exist")
@@ -108,7 +109,7 @@ def test_what_a_function_emits_is_routed_and_matches_its_handler_code():
         source = "\n".join(f.read_text() for f in files)
         made = set(re.findall(r"make_event\(\s*events\.([A-Z_]+)", source))
         assert {getattr(events, name) for name in made} == set(emits), (
-            f"{d.name}: {module} makes {sorted(made)}, flts/dev/deploy/settings.py FUNCTIONS says {emits}")
+            f"{d.name}: {module} makes {sorted(made)}, its spec says it emits {emits}")
 
 
 def test_service_and_function_names_and_images_agree_between_knative_and_openfaas(knative, stack):
@@ -179,10 +180,24 @@ def _env_calls(tree: ast.AST, fields: dict[str, object], defaults: dict[str, lis
             defaults.setdefault(node.args[1].value, []).append(fields[default.attr])
 
 
-def code_defaults() -> dict[str, list]:
-    """`env_xxx(env, "NAME", <default>)` calls in the code → {NAME: [defaults]}, for literal
-    defaults and for dataclass fields with literal defaults (`cls.queue_maxsize`)."""
+def model_defaults() -> dict[str, list]:
+    """The defaults the settings models declare: {NAME: [defaults]} (a tuple spelt "a,b")."""
+    from flts.dev.settings_docs import MODELS
+    from flts.settings import env_value
+    from flts.spec import load
+
     defaults: dict[str, list] = {}
+    for field in (f for path in MODELS.values() for f in load(path).model_fields.values() if not f.is_required()):
+        value = env_value(field.default) if isinstance(field.default, tuple) else field.default
+        defaults.setdefault(field.validation_alias, []).append(value)
+    return defaults
+
+
+def code_defaults() -> dict[str, list]:
+    """The settings models' defaults, and `env_xxx(env, "NAME", <default>)` calls in the code
+    → {NAME: [defaults]}, for literal defaults and for dataclass fields with literal defaults
+    (`cls.queue_maxsize`)."""
+    defaults = model_defaults()
     for path in code_files():
         tree = ast.parse(path.read_text())
         _env_calls(tree, {}, defaults)
@@ -254,23 +269,23 @@ def service_probes(knative, function: str) -> list[dict]:
             if routing.deployment(name).function == function]
 
 
-@pytest.mark.parametrize("function", sorted(deploy.FUNCTIONS))
+@pytest.mark.parametrize("function", [spec.name for spec in routing.SPECS])
 def test_targets_and_health_routes_exist_in_the_function_code(function, knative):
     main = REPO / "functions" / function / "main.py"
-    fs = deploy.FUNCTIONS[function]
-    if fs.server == "functions-framework":
+    fs = routing.function_spec(function)
+    if fs.server is Server.FUNCTIONS_FRAMEWORK:
         from flts.function_http import HEALTH_PATHS
 
         targets = functions_framework_targets(main)
-        assert fs.target in targets, f"no @functions_framework.http {fs.target} in {main}"
+        assert fs.entry in targets, f"no @functions_framework.http {fs.entry} in {main}"
         # functions-framework sends every path to the target; serve_events answers the probes.
-        assert "serve_events" in targets[fs.target]
+        assert "serve_events" in targets[fs.entry]
         assert {fs.readiness_path, fs.liveness_path} <= set(HEALTH_PATHS)
     else:
-        spec = importlib.util.spec_from_file_location(f"flts_deploy_check_{function}", main)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        app = getattr(module, fs.target)
+        source = importlib.util.spec_from_file_location(f"flts_deploy_check_{function}", main)
+        module = importlib.util.module_from_spec(source)
+        source.loader.exec_module(module)
+        app = getattr(module, fs.entry)
         routes = {(r.path, m) for r in app.routes for m in (r.methods or ())}
         assert ("/", "POST") in routes  # CloudEvents
         assert {(fs.readiness_path, "GET"), (fs.liveness_path, "GET")} <= routes

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flts import events, routing
+from flts import events, forecasters, routing
 from flts.dev import deploy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -166,7 +166,7 @@ def test_one_service_per_deployment_and_one_trainer_per_model_type(objects):
     services = by_kind(objects, "Service")
     assert sorted(services) == sorted(d.name for d in routing.DEPLOYMENTS)
     trainers = {n: s for n, s in services.items() if s["metadata"]["labels"]["app.kubernetes.io/component"] == "train"}
-    assert sorted(_env(s)["MODEL_TYPE"]["value"] for s in trainers.values()) == sorted(routing.MODEL_TYPES)
+    assert sorted(_env(s)["MODEL_TYPE"]["value"] for s in trainers.values()) == sorted(forecasters.names())
 
 
 def test_inference_service_scales_on_its_inflight_limit(objects):
@@ -219,7 +219,7 @@ def test_broker_is_kafka_class_and_every_emitter_has_k_sink_to_it(objects):
     broker = by_kind(objects, "Broker")[deploy.BROKER]
     assert broker["metadata"]["annotations"]["eventing.knative.dev/broker.class"] == "Kafka"
     bound = {b["spec"]["subject"]["name"]: b["spec"]["sink"]["ref"] for b in by_kind(objects, "SinkBinding").values()}
-    emitters = {d.name for d in routing.DEPLOYMENTS if deploy.settings_of(d).emits}
+    emitters = {d.name for d in routing.DEPLOYMENTS if d.spec.emits}
     assert set(bound) == emitters
     assert all(ref == {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "name": deploy.BROKER}
                for ref in bound.values())

@@ -17,6 +17,8 @@ import yaml
 
 from flts import routing
 from flts.dev import deploy, processes
+from flts.infer.settings import MAX_INFLIGHT
+from flts.spec import Scaling
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "template" / deploy.TEMPLATE
@@ -72,17 +74,17 @@ def test_every_deployment_is_a_function_with_scaling_labels_topics_limits_and_se
         assert int(fn["labels"]["com.openfaas.scale.min"]) <= int(fn["labels"]["com.openfaas.scale.max"])
         assert fn["annotations"]["topic"].split(",") == [routing.topic_of(t) for t in d.subscribes]
         assert set(fn["limits"]) == {"cpu", "memory"}
-        assert fn["secrets"] == [deploy.secret_file_name(k) for k in deploy.settings_of(d).secrets]
+        assert fn["secrets"] == [deploy.secret_file_name(k) for k in d.spec.secrets]
         for key, value in d.env.items():
             assert fn["environment"][key] == value
         # of-watchdog must wait as long as the function may run
         timeout = int(fn["environment"]["exec_timeout"].rstrip("s"))
-        assert timeout > deploy.settings_of(d).timeout_seconds
+        assert timeout > d.spec.capacity.timeout_seconds
 
 
 def test_inference_function_limits_inflight_requests_like_its_own_setting(stack):
     infer = stack["functions"]["infer"]
-    assert infer["environment"]["max_inflight"] == infer["environment"]["MAX_INFLIGHT"] == str(deploy.MAX_INFLIGHT)
+    assert infer["environment"]["max_inflight"] == infer["environment"]["MAX_INFLIGHT"] == str(MAX_INFLIGHT)
     for fn in stack["functions"].values():
         assert fn["annotations"]["com.openfaas.health.http.path"] == "/readyz"
 
@@ -99,12 +101,12 @@ def test_dispatcher_targets_every_deployment_through_the_gateway(stack):
     routes = routes_from_table(targets)  # the dispatcher's own parser accepts them
     assert {s.deployment for s in routes.subscriptions} == set(targets)
     settings = DispatchSettings.from_env(env)
-    assert settings.timeout > max(deploy.settings_of(d).timeout_seconds for d in routing.DEPLOYMENTS)
+    assert settings.timeout > max(d.spec.capacity.timeout_seconds for d in routing.DEPLOYMENTS)
     service = next(o for o in objects if o["kind"] == "Service")
     assert deploy.DISPATCHER_URL.startswith(f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.")
     assert f":{service['spec']['ports'][0]['port']}/" in deploy.DISPATCHER_URL
     for name, fn in stack["functions"].items():
-        emits = deploy.settings_of(routing.deployment(name)).emits
+        emits = routing.deployment(name).spec.emits
         assert (fn["environment"].get("K_SINK") == deploy.DISPATCHER_URL) == bool(emits)
 
 
@@ -135,10 +137,12 @@ def test_index_listens_behind_the_watchdog_or_where_it_is_told():
     assert index.listen_address("0.0.0.0:8080", {"upstream_url": "http://127.0.0.1:5000"}) == ("0.0.0.0", 8080)
     with pytest.raises(SystemExit, match="HOST:PORT"):
         index.listen_address(None, {})
-    with pytest.raises(SystemExit, match="FLTS_SERVER"):
-        index.server_command("gunicorn", "app", "127.0.0.1", 5000)
-    with pytest.raises(SystemExit, match="FUNCTION_TARGET"):
-        index.server_command("uvicorn", "", "127.0.0.1", 5000)
+    with pytest.raises(SystemExit, match=r"FLTS_FUNCTION: .*no function named 'gunicorn'"):
+        index.server_command("gunicorn", "127.0.0.1", 5000)
+    with pytest.raises(SystemExit, match="FLTS_FUNCTION is not set"):
+        index.server_command("", "127.0.0.1", 5000)
+    command = index.server_command("infer", "127.0.0.1", 5000)
+    assert command[1:4] == ["-m", "uvicorn", "main:app"] and command[-3:] == ["--port", "5000", "--no-access-log"]
 
 
 # --------------------------------------------------------------------------- shrinkwrap
@@ -259,7 +263,7 @@ def test_knative_dockerfiles_copy_what_exists_and_bake_the_stack_build_args(stac
         for source in copy_sources(text):
             assert (REPO / source).exists(), f"functions/{d.function}/Dockerfile copies {source}, which does not exist"
         args = stack["functions"][d.name]["build_args"]
-        assert f"FLTS_SERVER={args['FLTS_SERVER']}" in text and f"FUNCTION_TARGET={args['FUNCTION_TARGET']}" in text
+        assert args == {"FLTS_FUNCTION": d.function} and f"FLTS_FUNCTION={d.function}" in text
         assert re.search(r"^USER \d+$", text, re.MULTILINE) and "FROM python:3.11-slim" in text
 
 
@@ -279,7 +283,7 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
         return exc.code
 
 
-@pytest.mark.parametrize("function", sorted(deploy.FUNCTIONS))
+@pytest.mark.parametrize("function", [spec.name for spec in routing.SPECS])
 def test_shrinkwrapped_function_starts_through_index_and_answers_on_its_routes(function, stack, tmp_path):
     """What the image runs (`python /app/index.py --listen ...`), on the shrinkwrapped code."""
     name = next(d.name for d in routing.DEPLOYMENTS if d.function == function)
@@ -295,7 +299,7 @@ def test_shrinkwrapped_function_starts_through_index_and_answers_on_its_routes(f
         base = f"http://127.0.0.1:{port}"
         # Every event function answers a CloudEvent POST on `/`: this one is not a CloudEvent.
         assert http("POST", base + "/", b"{}", {"Content-Type": "application/json"}) == 400
-        fs = deploy.FUNCTIONS[function]
-        assert http("GET", base + fs.liveness_path) == 200
-        ready = (200, 503) if fs.server == "uvicorn" else (200,)  # infer: 503 until a model is promoted
-        assert http("GET", base + fs.readiness_path) in ready
+        spec = routing.function_spec(function)
+        assert http("GET", base + spec.liveness_path) == 200
+        ready = (200, 503) if spec.scaling is Scaling.REQUEST_SERVER else (200,)  # infer: 503 until a model is promoted
+        assert http("GET", base + spec.readiness_path) in ready

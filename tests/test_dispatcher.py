@@ -25,7 +25,10 @@ from cloudevents.http import CloudEvent
 from flts import events, routing
 from flts.dev import infra as fi
 from flts.dev import processes, stack
-from flts.dispatcher import Dispatcher, DispatchSettings, EventProducer, Routes, Subscription
+from flts.dispatcher import Dispatcher
+from flts.dispatcher.producer import EventProducer
+from flts.dispatcher.routes import Routes, Subscription
+from flts.dispatcher.settings import DispatchSettings
 
 pytestmark = pytest.mark.stack
 

@@ -14,20 +14,13 @@ import pytest
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
-from flts import events, routing
-from flts.dispatcher import (
-    BATCH_CONTENT_TYPE,
-    DispatchSettings,
-    event_from_kafka,
-    event_to_kafka,
-    events_from_request,
-    parse_targets,
-    reply_events,
-    retry_after_seconds,
-    retry_delay,
-    retryable,
-    routes_from_table,
-)
+from flts import events, forecasters, routing
+from flts.delivery import retryable
+from flts.dispatcher.codec import BATCH_CONTENT_TYPE, event_from_kafka, event_to_kafka
+from flts.dispatcher.delivery import reply_events, retry_after_seconds, retry_delay
+from flts.dispatcher.ingress import events_from_request
+from flts.dispatcher.routes import parse_targets, routes_from_table
+from flts.dispatcher.settings import DispatchSettings
 from flts.events import EventError
 from flts.settings import ConfigError
 
@@ -133,7 +126,7 @@ def test_routes_follow_the_routing_table():
     routes = routes_from_table(targets)
     by_name = {s.deployment: s for s in routes.subscriptions}
     assert set(by_name) == {d.name for d in routing.DEPLOYMENTS}
-    for model in routing.MODEL_TYPES:  # every trainer gets training-data in its own group
+    for model in forecasters.names():  # every trainer gets training-data in its own group
         assert by_name[f"train-{model.lower()}"].topics == ("training-data",)
     assert set(by_name["infer"].topics) == {"model-selected", "inference-data"}
     assert routes.topic_of(events.MODEL_TRAINING) == "model-training"

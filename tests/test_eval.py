@@ -21,6 +21,7 @@ from flts.embedded import EmbeddedRouter
 from flts.eval import scoring
 from flts.eval.handler import Candidate, Scored, handle, pick_winner, registered_model_name
 from flts.events import EventError
+from flts.forecasters.onnx import OnnxForecaster
 from flts.preprocess import handler as preprocess
 from flts.promotion import resolve_pointer
 from flts.storage import FileStore
@@ -410,7 +411,7 @@ def test_models_with_different_input_lengths_score_the_same_targets(tmp_path):
         scaled_last_value_onnx(path, 2, 0, 1.0, in_len=in_len, out_len=3)
         signature = {"format": "onnx", "feature_columns": ["down", "up"], "target": "down",
                      "input_seq_len": in_len, "output_seq_len": 3}
-        forecasters.append(scoring.OnnxForecaster(path, signature))
+        forecasters.append(OnnxForecaster(path, signature))
     origin = scoring.first_origin([f.signature for f in forecasters])
     assert origin == 5
     (p_short, y_short), (p_long, y_long) = (f.forecast(frame, origin) for f in forecasters)

@@ -22,7 +22,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from flts import cli, events, routing
+from flts import cli, events, forecasters, routing
 from flts.dev import infra as fi
 from flts.dev import processes, stack
 from flts.dispatcher import event_from_kafka
@@ -177,7 +177,7 @@ def test_pipeline_through_the_full_stack_and_infer_scales_to_zero(full_stack, in
         reader.close()
     trainings = [d for kind, d in seen if kind == events.MODEL_TRAINING]
     successes = {d["model_type"]: d for d in trainings if d["status"] == "SUCCESS"}
-    assert set(successes) == set(routing.MODEL_TYPES), trainings
+    assert set(successes) == set(forecasters.names()), trainings
     assert not [d for d in trainings if d["status"] == "FAILED"], trainings
     # eval may promote again on a later SUCCESS once all runs are in MLflow: the same pointer
     pointers = [events.PromotionPointer.model_validate(d) for d in _selected(seen)]

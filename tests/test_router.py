@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from cloudevents.http import CloudEvent
@@ -19,6 +20,12 @@ ME = __name__
 
 def spec(name: str) -> str:
     return f"{ME}:{name}"
+
+
+def deployment(name: str, takes: tuple[str, ...], env: dict, handler: str) -> Deployment:
+    """A deployment of a test function: preprocess's spec with this module's handler."""
+    return Deployment(name, replace(routing.function_spec("preprocess"), name=name, takes=takes, handler=handler),
+                      env)
 
 
 def ready_event(identifier: str = "site") -> CloudEvent:
@@ -65,10 +72,10 @@ def clear_calls():
 
 def test_delivers_to_every_subscriber_with_its_own_env():
     table = [
-        Deployment("pre", "preprocess", (events.DATASET_READY,), {"WHO": "pre"}, spec("to_training_data")),
-        Deployment("train-a", "train", (events.TRAINING_DATA,), {"WHO": "a", "MODEL_TYPE": "A"}, spec("record")),
-        Deployment("train-b", "train", (events.TRAINING_DATA,), {"WHO": "b", "MODEL_TYPE": "B"}, spec("record")),
-        Deployment("other", "eval", (events.MODEL_TRAINING,), {"WHO": "other"}, spec("record")),
+        deployment("pre", (events.DATASET_READY,), {"WHO": "pre"}, spec("to_training_data")),
+        deployment("train-a", (events.TRAINING_DATA,), {"WHO": "a", "MODEL_TYPE": "A"}, spec("record")),
+        deployment("train-b", (events.TRAINING_DATA,), {"WHO": "b", "MODEL_TYPE": "B"}, spec("record")),
+        deployment("other", (events.MODEL_TRAINING,), {"WHO": "other"}, spec("record")),
     ]
     env = {"SHARED": "yes", "MODEL_TYPE": "from-process"}
     router = EmbeddedRouter(env, table)
@@ -92,7 +99,7 @@ def test_delivers_to_every_subscriber_with_its_own_env():
 
 
 def test_run_returns_only_the_new_deliveries():
-    router = EmbeddedRouter({}, [Deployment("r", "x", (events.DATASET_READY,), {"WHO": "r"}, spec("record"))])
+    router = EmbeddedRouter({}, [deployment("r", (events.DATASET_READY,), {"WHO": "r"}, spec("record"))])
     router.publish(ready_event("one"))
     assert len(router.run()) == 1
     assert router.run() == []
@@ -102,9 +109,9 @@ def test_run_returns_only_the_new_deliveries():
 
 def test_a_failing_handler_is_a_dead_letter_and_the_rest_flows(capfd):
     table = [
-        Deployment("broken", "x", (events.DATASET_READY,), {"WHO": "broken"}, spec("boom")),
-        Deployment("pre", "preprocess", (events.DATASET_READY,), {"WHO": "pre"}, spec("to_training_data")),
-        Deployment("train", "train", (events.TRAINING_DATA,), {"WHO": "t"}, spec("record")),
+        deployment("broken", (events.DATASET_READY,), {"WHO": "broken"}, spec("boom")),
+        deployment("pre", (events.DATASET_READY,), {"WHO": "pre"}, spec("to_training_data")),
+        deployment("train", (events.TRAINING_DATA,), {"WHO": "t"}, spec("record")),
     ]
     router = EmbeddedRouter({}, table)
     router.publish(ready_event("one"))
@@ -120,7 +127,7 @@ def test_a_failing_handler_is_a_dead_letter_and_the_rest_flows(capfd):
 
 
 def test_a_bad_event_is_rejected_not_retried():
-    router = EmbeddedRouter({}, [Deployment("picky", "x", (events.DATASET_READY,), {}, spec("reject"))])
+    router = EmbeddedRouter({}, [deployment("picky", (events.DATASET_READY,), {}, spec("reject"))])
     router.publish(ready_event())
     [delivery] = router.run()
     assert delivery.error.startswith("rejected: event type 'flts.dataset.ready' is not handled here")
@@ -128,8 +135,8 @@ def test_a_bad_event_is_rejected_not_retried():
 
 def test_a_deployment_whose_code_is_missing_dead_letters_and_others_flow():
     table = [
-        Deployment("ghost", "x", (events.DATASET_READY,), {}, "flts_no_such_module:handle"),
-        Deployment("real", "x", (events.DATASET_READY,), {"WHO": "real"}, spec("record")),
+        deployment("ghost", (events.DATASET_READY,), {}, "flts_no_such_module:handle"),
+        deployment("real", (events.DATASET_READY,), {"WHO": "real"}, spec("record")),
     ]
     router = EmbeddedRouter({}, table)
     router.publish(ready_event())
@@ -147,7 +154,7 @@ def test_publishing_an_unknown_type_is_refused():
 
 
 def test_a_handler_emitting_an_unknown_type_is_a_dead_letter():
-    router = EmbeddedRouter({}, [Deployment("odd", "x", (events.DATASET_READY,), {}, spec("emit_unknown"))])
+    router = EmbeddedRouter({}, [deployment("odd", (events.DATASET_READY,), {}, spec("emit_unknown"))])
     router.publish(ready_event())
     [delivery] = router.run()
     assert "no topic for event type 'flts.bogus'" in delivery.error and delivery.emitted == []
@@ -155,7 +162,7 @@ def test_a_handler_emitting_an_unknown_type_is_a_dead_letter():
 
 
 def test_a_routing_loop_is_stopped():
-    router = EmbeddedRouter({}, [Deployment("loop", "x", (events.DATASET_READY,), {}, spec("loop"))])
+    router = EmbeddedRouter({}, [deployment("loop", (events.DATASET_READY,), {}, spec("loop"))])
     router.publish(ready_event())
     with pytest.raises(RuntimeError, match="more than 5 events: a routing loop"):
         router.run(max_events=5)
@@ -163,7 +170,7 @@ def test_a_routing_loop_is_stopped():
 
 def test_on_delivery_sees_each_delivery():
     seen = []
-    router = EmbeddedRouter({}, [Deployment("r", "x", (events.DATASET_READY,), {"WHO": "r"}, spec("record"))],
+    router = EmbeddedRouter({}, [deployment("r", (events.DATASET_READY,), {"WHO": "r"}, spec("record"))],
                             on_delivery=seen.append)
     router.publish(ready_event())
     assert router.run() == seen

@@ -15,10 +15,11 @@ import uuid
 import pyarrow.parquet as pq
 import pytest
 
-from flts import cli, events, routing
+from flts import cli, events, forecasters, routing
 from flts.dev import infra as fi
 from flts.dev import processes, stack
 from flts.dispatcher import event_from_kafka
+from flts.spec import Scaling
 from flts.storage import InvalidKey, store_from_env
 
 
@@ -37,21 +38,20 @@ def test_plan_gives_every_deployment_its_process_port_and_env(offline_cfg):
     assert [p.name for p in functions] == [f"fn-{d.name}" for d in routing.DEPLOYMENTS]
     assert [p.port for p in functions] == [offline_cfg.function_base_port + i for i in range(len(functions))]
     by_name = {p.name: p for p in procs}
-    for model in routing.MODEL_TYPES:
+    for model in forecasters.names():
         assert by_name[f"fn-train-{model.lower()}"].env["MODEL_TYPE"] == model
     for p in functions:
         assert p.env["K_SINK"] == offline_cfg.ingress_url
         assert p.env["KAFKA_BOOTSTRAP_SERVERS"] == fi.kafka_bootstrap(offline_cfg.infra)
         assert p.env["S3_ENDPOINT"] and p.env["MLFLOW_TRACKING_URI"]
     pre = by_name["fn-preprocess"]
-    assert pre.missing is None and pre.command[-6:] == ["--target", "preprocess", "--host", "127.0.0.1", "--port",
+    assert pre.command[-6:] == ["--target", "preprocess", "--host", "127.0.0.1", "--port",
                                                         str(pre.port)]
-    assert by_name["fn-infer"].command[1:3] == ["-m", "flts.dev.frontdoor"]  # the COMMANDS hook: scale to zero
+    assert by_name["fn-infer"].command[1:3] == ["-m", "flts.dev.frontdoor"]  # a request server: scale to zero
     assert by_name["fn-infer"].scale_to_zero and by_name["fn-infer"].health_url.endswith("/_frontdoor/status")
     dispatcher = by_name["dispatcher"]
     targets = dispatcher.env["DISPATCH_TARGETS"].split(",")
-    present = [p for p in functions if p.missing is None]
-    assert targets == [f"{p.name[3:]}={p.url}" for p in present]  # absent functions get no consumer
+    assert targets == [f"{p.name[3:]}={p.url}" for p in functions]
     assert dispatcher.env["DISPATCH_INGRESS_PORT"] == str(offline_cfg.dispatcher_port)
 
 
@@ -60,24 +60,17 @@ def test_plan_refuses_unknown_deployments(offline_cfg):
         stack.plan(offline_cfg, ["preprocess", "nope"])
 
 
-@pytest.mark.parametrize("source, entry", [
-    ("import functions_framework\n@functions_framework.http\ndef handler(request):\n    pass\n", ("handler", False)),
-    ("from functions_framework import aio\n@aio.http\nasync def infer(request):\n    pass\n", ("infer", True)),
-    ("import functions_framework.aio as a\n@functions_framework.aio.cloud_event\nasync def f(e):\n    pass\n",
-     ("f", True)),
-])
-def test_entry_point_discovery(tmp_path, source, entry):
-    path = tmp_path / "main.py"
-    path.write_text(source)
-    assert stack.find_entry(path) == stack.Entry(*entry)
-
-
-def test_entry_point_discovery_names_the_problem(tmp_path):
-    path = tmp_path / "main.py"
-    path.write_text("def plain(request):\n    pass\n")
-    with pytest.raises(stack.StackError, match="found none"):
-        stack.find_entry(path)
-    assert stack.find_entry(stack.FUNCTIONS_DIR / "preprocess" / "main.py").target == "preprocess"
+def test_every_function_process_serves_the_entry_its_spec_names(offline_cfg):
+    """The plan comes from the specs: each event function runs its spec's server on its main.py."""
+    for proc, deployment in zip(stack.plan(offline_cfg), routing.DEPLOYMENTS, strict=False):
+        spec = deployment.spec
+        if proc.scale_to_zero:
+            assert spec.scaling is Scaling.REQUEST_SERVER
+            continue
+        source = stack.FUNCTIONS_DIR / spec.name / "main.py"
+        assert proc.command[1:3] == ["-m", "functions_framework"]
+        assert proc.command[proc.command.index("--source") + 1] == str(source) and source.is_file()
+        assert proc.command[proc.command.index("--target") + 1] == spec.entry
 
 
 def test_port_in_use_is_reported_clearly(offline_cfg):

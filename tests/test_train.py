@@ -201,7 +201,7 @@ def test_onnx_export_matches_torch_with_manual_scaling():
     """ONNX Runtime on raw values == torch core on hand-standardised values, unscaled by hand."""
     import torch
 
-    from flts.train import rnn
+    from flts.forecasters import rnn
 
     torch.manual_seed(0)
     core = rnn.RecurrentForecaster("LSTM", 3, 8, 2, 0.1, 2).eval()

@@ -11,8 +11,8 @@ at its gateway route, e.g.:
 
 and give the functions K_SINK=http://<this service>:8080/ so their output events reach Kafka.
 OpenFaaS's of-watchdog answers 429 when max_inflight is reached: the dispatcher retries it
-with backoff, honouring Retry-After. Every setting is documented in flts/dispatcher.py and
-docs/local-stack.md.
+with backoff, honouring Retry-After. Every setting is documented in flts/dispatcher/__init__.py
+and docs/local-stack.md.
 """
 import sys
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from flts import events, routing
 from flts.dev import REPO
 from flts.embedded import Delivery, EmbeddedRouter
+from flts.settings import Env
 from flts.storage import FileStore
 
 DATA_DIR = REPO / "data" / "lte"
@@ -30,6 +31,16 @@ def embedded_env(workdir: Path) -> dict[str, str]:
     for model_specific in ("MODEL_TYPE",):  # each trainer deployment sets its own
         env.pop(model_specific, None)
     return env
+
+
+def logging_env(env: Env, json_lines: bool = False) -> dict[str, str]:
+    """What `flts.logs.configure` reads for the demo. Its own table shows the progress, so the
+    functions' lines are short text from WARNING up (a failure still shows, with its message);
+    --json or LOG_FORMAT=json gives all of them as deployed functions write them. LOG_LEVEL and
+    LOG_FORMAT set in env win over these defaults."""
+    if json_lines or env.get("LOG_FORMAT", "").lower() == "json":
+        return {**env, "LOG_FORMAT": "json"}
+    return {"LOG_FORMAT": "text", "LOG_LEVEL": "WARNING", **env}
 
 
 def upload_dataset(store: FileStore, dataset: str, data_dir: Path = DATA_DIR) -> events.DatasetReady:

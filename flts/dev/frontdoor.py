@@ -30,7 +30,7 @@ import time
 
 import orjson
 
-from flts.logs import error, log, set_component
+from flts.logs import configure, error, log
 from flts.settings import env_float, env_int
 
 _PROBE = b"GET /readyz HTTP/1.1\r\nHost: frontdoor\r\nConnection: close\r\n\r\n"
@@ -285,7 +285,7 @@ async def run(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    set_component("frontdoor")
+    configure(os.environ, component="frontdoor")
     asyncio.run(run(build_parser().parse_args(argv)))
     return 0
 

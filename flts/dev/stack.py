@@ -10,18 +10,12 @@ logs live in the state dir next to the infrastructure's (`<state>/run/<name>.pid
 Ports: deployment i of routing.DEPLOYMENTS listens on FLTS_FUNCTION_BASE_PORT + i (default
 18100); the dispatcher ingress on FLTS_DISPATCHER_PORT (default 18090).
 
-How a function folder is served (the hook): a folder listed in COMMANDS runs that command
-(infer: the scale-to-zero front door `python -m flts.dev.frontdoor` on infer's port,
-which starts `python -m flts.infer serve` on a private port when a request comes and
-stops it after SCALE_TO_ZERO_GRACE_SECONDS idle). Any other folder's
-`functions/<folder>/main.py` is read (not imported) to find its functions-framework entry
-point: the function decorated with `functions_framework.http` / `cloud_event` is the
-`--target`; one decorated with `functions_framework.aio.*` is served with `--asgi`. A
-deployment whose main.py does not exist yet is reported as "missing" and skipped.
+How a deployment is served comes from its function's spec (flts.spec): the spec's server on
+functions/<name>/main.py, or, for a request server (infer), the scale-to-zero front door
+(flts.dev.frontdoor) on its port, which starts the function on demand.
 """
 from __future__ import annotations
 
-import ast
 import functools
 import json
 import os
@@ -34,9 +28,9 @@ from pathlib import Path
 from flts import routing
 from flts.dev import REPO, infra, processes
 from flts.settings import ConfigError
+from flts.spec import FunctionSpec, Scaling
 
-REPO_ROOT = REPO
-FUNCTIONS_DIR = REPO_ROOT / "functions"
+FUNCTIONS_DIR = REPO / "functions"
 DISPATCHER = "dispatcher"
 START_TIMEOUT_SEC = 180.0  # six Python processes importing torch/mlflow on a small machine
 STOP_TIMEOUT_SEC = 15.0
@@ -86,60 +80,21 @@ class Process:
     env: dict[str, str]
     health_url: str
     url: str
-    missing: str | None = None  # why it cannot run (e.g. no functions/<f>/main.py yet)
     scale_to_zero: bool = False  # a front door: health_url is its status, the function runs on demand
 
 
 # --------------------------------------------------------------------------- launch
-@dataclass(frozen=True)
-class Entry:
-    target: str
-    asgi: bool
-
-
-def find_entry(source: Path) -> Entry:
-    """The functions-framework entry point of a function's main.py, read with `ast` (not imported)."""
-    tree = ast.parse(source.read_text(), filename=str(source))
-    found = []
-    for node in tree.body:
-        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            continue
-        for decorator in node.decorator_list:
-            name = ast.unparse(decorator.func if isinstance(decorator, ast.Call) else decorator)
-            if name.split(".")[-1] in ("http", "cloud_event"):
-                found.append(Entry(node.name, asgi="aio" in name.split(".")))
-    if len(found) != 1:
-        raise StackError(f"{source}: expected one @functions_framework.http (or aio) entry point, "
-                         f"found {[e.target for e in found] or 'none'}")
-    return found[0]
-
-
-def functions_framework_command(source: Path, port: int, host: str = "127.0.0.1") -> list[str]:
-    entry = find_entry(source)
-    exe = Path(sys.executable).with_name("functions-framework")
-    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "functions_framework"]
-    command = base + ["--source", str(source), "--target", entry.target, "--host", host, "--port", str(port)]
-    return command + (["--asgi"] if entry.asgi else [])
-
-
-# The hook: a function folder whose process is not "functions-framework on main.py" maps
-# to its own command here. infer is a plain Starlette app on uvicorn (functions/infer/main.py,
-# flts.infer.server) and scales to zero: what listens on its port is the front door
-# (flts.dev.frontdoor), which holds the first request, starts `flts.infer serve` on a
-# private free port, forwards once its /readyz is 200 and stops it after
-# SCALE_TO_ZERO_GRACE_SECONDS (read from the environment) without traffic. CloudEvents from
-# the dispatcher (POST /) and /predict both come through it.
-COMMANDS: dict[str, Callable[[Path, int, str], list[str]]] = {
-    "infer": lambda source, port, host: [sys.executable, "-m", "flts.dev.frontdoor",
-                                         "--host", host, "--port", str(port)],
-}
-
-# What a healthy process answers on GET: /healthz (functions-framework functions and the
-# dispatcher). A front door is probed on its own status route, which it answers itself:
-# probing /healthz through it would start the function it keeps scaled to zero.
-HEALTH_PATH = "/healthz"
+HEALTH_PATH = "/healthz"  # what a healthy function process or the dispatcher answers 200 on
 FRONTDOOR_STATUS_PATH = "/_frontdoor/status"  # flts.dev.frontdoor.STATUS_PATH
-SCALES_TO_ZERO = frozenset({"infer"})  # folders whose COMMANDS entry is a front door
+
+
+def function_command(spec: FunctionSpec, port: int, host: str) -> list[str]:
+    """The spec's own server on `port`; a request server (infer) instead gets the scale-to-zero
+    front door there, which starts `python -m flts.infer serve` on a private port when a request
+    comes and stops it after SCALE_TO_ZERO_GRACE_SECONDS without traffic."""
+    if spec.scaling is Scaling.REQUEST_SERVER:
+        return [sys.executable, "-m", "flts.dev.frontdoor", "--host", host, "--port", str(port)]
+    return spec.server_command(host, port, source_dir=str(FUNCTIONS_DIR / spec.name))
 
 
 def plan(cfg: StackConfig, deployments: list[str] | None = None) -> list[Process]:
@@ -152,24 +107,14 @@ def plan(cfg: StackConfig, deployments: list[str] | None = None) -> list[Process
             continue
         port = cfg.function_base_port + index
         url = f"http://{cfg.host}:{port}/"
-        source = FUNCTIONS_DIR / deployment.function / "main.py"
         env = {**base_env, **deployment.env, "FLTS_DEPLOYMENT": deployment.name}
-        missing, command = None, []
-        try:
-            if deployment.function in COMMANDS:
-                command = COMMANDS[deployment.function](source, port, cfg.host)
-            elif not source.is_file():
-                missing = f"{source.relative_to(REPO_ROOT)} does not exist yet"
-            else:
-                command = functions_framework_command(source, port, cfg.host)
-        except (StackError, SyntaxError) as exc:
-            missing = str(exc)
-        frontdoor = deployment.function in SCALES_TO_ZERO
+        # A front door answers its own status route: probing /healthz through it would wake the function.
+        frontdoor = deployment.spec.scaling is Scaling.REQUEST_SERVER
         health = url.rstrip("/") + (FRONTDOOR_STATUS_PATH if frontdoor else HEALTH_PATH)
-        planned.append(Process(f"fn-{deployment.name}", "function", port, command, env, health, url, missing,
+        command = function_command(deployment.spec, port, cfg.host)
+        planned.append(Process(f"fn-{deployment.name}", "function", port, command, env, health, url,
                                scale_to_zero=frontdoor))
-        if missing is None:
-            targets[deployment.name] = url
+        targets[deployment.name] = url
     dispatcher_env = {
         **infra.client_env(cfg.infra),
         "DISPATCH_TARGETS": ",".join(f"{name}={url}" for name, url in targets.items()),
@@ -276,10 +221,7 @@ def up(cfg: StackConfig | None = None, deployments: list[str] | None = None, wit
     else:
         infra.create_topics(cfg.infra, routing.all_topics())
     procs = plan(cfg, deployments)
-    functions = [p for p in procs if p.kind == "function" and p.missing is None]
-    for proc in procs:
-        if proc.missing:
-            echo(f"{proc.name}: skipped ({proc.missing})")
+    functions = [p for p in procs if p.kind == "function"]
     _retire_changed(cfg, procs, echo)
     # functions first: the dispatcher's first deliveries should find them listening
     for proc in functions:
@@ -304,7 +246,7 @@ def _retire_changed(cfg: StackConfig, procs: list[Process], echo: Callable[[str]
     """Stop what no longer matches the plan: a process whose command or env changed (e.g. the
     dispatcher's DISPATCH_TARGETS after `--only`), and function processes left out of it."""
     previous = {p.name: p for p in _load_plan(cfg) or []}
-    wanted = {p.name: p for p in procs if p.missing is None}
+    wanted = {p.name: p for p in procs}
     for name in [*_known_function_names(cfg), DISPATCHER]:
         old, new = previous.get(name), wanted.get(name)
         changed = new is not None and old is not None and (old.command, old.env) != (new.command, new.env)
@@ -342,7 +284,7 @@ def _known_function_names(cfg: StackConfig) -> list[str]:
 
 
 def status(cfg: StackConfig | None = None) -> list[dict]:
-    """One row per service and process: name, kind, pid, url, state (healthy/UNHEALTHY/stopped/missing).
+    """One row per service and process: name, kind, pid, url, state (healthy/UNHEALTHY/stopped).
 
     A front door's row (infer) also has `frontdoor` (its GET /_frontdoor/status: backend
     state, pid, cold starts), `scaled_to_zero` (no function process runs behind it now) and
@@ -355,9 +297,7 @@ def status(cfg: StackConfig | None = None) -> list[dict]:
     for proc in _load_plan(cfg) or plan(cfg):
         pid = running_pid(cfg, proc.name)
         door = frontdoor_status(proc) if proc.scale_to_zero and pid is not None else None
-        if proc.missing:
-            state = "missing"
-        elif pid is None:
+        if pid is None:
             state = "stopped"
         elif proc.scale_to_zero:
             state = "healthy" if door is not None else "UNHEALTHY"
@@ -467,7 +407,7 @@ def _cli_down(args) -> int:
 def _cli_status(args) -> int:
     rows = status(StackConfig())
     print(json.dumps(rows, indent=1) if args.json else format_status(rows))
-    return 0 if all(r["state"] in ("healthy", "missing") for r in rows) else 3
+    return 0 if all(r["state"] == "healthy" for r in rows) else 3
 
 
 def _cli_upload(args) -> int:

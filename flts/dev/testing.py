@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from flts import forecasters
 from flts.events import PromotionPointer
 from flts.promotion import GLOBAL, current_key, history_key
 from flts.storage import ObjectStore, put_json
@@ -58,8 +59,7 @@ def promote(store: ObjectStore, model_bytes: bytes, *, identifier: str = "PobleS
             timestamp: str | None = None, write_pointer: bool = True) -> PromotionPointer:
     """Store an artifact and its pointer where eval puts them; returns the pointer."""
     config_hash = "c0ffee" + run_id.encode().hex()[:10].ljust(10, "0")
-    name = "model.onnx" if artifact_format == "onnx" else "model.json"
-    artifact_key = f"models/{identifier}/{run_id}/{name}"
+    artifact_key = f"models/{identifier}/{run_id}/{forecasters.artifact_format(artifact_format).model_file}"
     store.ensure_bucket(artifact_bucket)
     store.put_bytes(artifact_bucket, artifact_key, model_bytes)
     pointer = PromotionPointer(

@@ -2,7 +2,7 @@
 
 When every type in EXPECTED_MODEL_TYPES has a FINISHED MLflow run for a config hash, each
 (newest per type) is scored on the same held-out test windows with the target scale of the
-training split (DESIGN.md principle 4); the lowest score wins, ties go to the newest run.
+training split (docs/design.md principle 4); the lowest score wins, ties go to the newest run.
 The winner's serving artifact is copied into the promotion bucket, so infer needs no MLflow
 client, and the pointer is written as history + `<identifier>/current.json` + `current.json`.
 
@@ -22,11 +22,12 @@ from pathlib import Path
 
 from flts import events
 from flts.eval import scoring
+from flts.eval.settings import EvalSettings
 from flts.events import EventError, ModelTraining, PromotionPointer
 from flts.logs import error, log, warn
 from flts.metrics import WEIGHTS, TargetScale, regression_metrics
-from flts.promotion import current_key, history_key, promotion_bucket
-from flts.settings import Env, env_bool, env_float, env_int, env_list, env_str
+from flts.promotion import current_key, history_key
+from flts.settings import Env
 from flts.storage import ObjectNotFound, ObjectStore, get_json, put_json, store_from_env
 
 FUNCTION = "eval"
@@ -35,36 +36,6 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 # MLflow draws download progress bars on stderr, which would break the JSON-line logs.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    expected_types: tuple[str, ...]
-    search_retries: int
-    search_delay: float
-    promotion_bucket: str
-    processed_bucket: str
-    tracking_uri: str
-    experiment_name: str | None
-    lookback_runs: int
-    register_champion: bool
-
-    @classmethod
-    def from_env(cls, env: Env) -> EvalSettings:
-        return cls(
-            expected_types=tuple(t.upper() for t in env_list(env, "EXPECTED_MODEL_TYPES", "GRU,LSTM,PROPHET")),
-            search_retries=env_int(env, "PROMOTION_SEARCH_RETRIES", 5, minimum=1),
-            search_delay=env_float(env, "PROMOTION_SEARCH_DELAY_SEC", 1.0),
-            promotion_bucket=promotion_bucket(env),
-            processed_bucket=env_str(env, "PROCESSED_BUCKET", "processed-data"),
-            tracking_uri=env_str(env, "MLFLOW_TRACKING_URI", ""),  # "" = MLflow's own default, as the trainer
-            experiment_name=env_str(env, "MLFLOW_EXPERIMENT_NAME", "") or None,
-            lookback_runs=env_int(env, "LOOKBACK_RUNS", 200, minimum=1),
-            register_champion=env_bool(env, "REGISTER_CHAMPION", True),
-        )
-
-    def experiment_for(self, request: ModelTraining) -> str:
-        return request.experiment or self.experiment_name or f"flts-{request.identifier}"
 
 
 @dataclass

@@ -8,11 +8,33 @@ and the shared contracts; never torch, pandas, MLflow or prophet):
 - model:      pointer → ONNX Runtime session (or the lazily imported Prophet path), warm-up
 - registry:   the served models, swapped atomically
 - batcher:    admission (MAX_INFLIGHT), bounded queue, TTL, micro-batching, worker lanes
-- metrics:    Prometheus metrics (multiprocess-aware)
+- prometheus: Prometheus metrics (multiprocess-aware)
 - app:        the Starlette ASGI app (/predict, health, /metrics, /scale_workers, v2, CloudEvents)
-- events:     the routing table's CloudEvent handler (model-selected, inference-data)
-- frontdoor:  scale-to-zero proxy for the local full stack
-- server:     `python -m flts.infer` runs uvicorn (httptools + uvloop) on the app
-- demo:       `serve_one_forecast` for `make demo`
-- bench / loadgen: `flts bench`
+- handler:    the CloudEvent handler (model-selected, inference-data)
+- server:     `python -m flts.infer serve` runs uvicorn (httptools + uvloop) on the app
+
+Its tooling (the scale-to-zero front door of the local stack, `flts bench`, the load
+generator, test helpers) lives in flts.dev.
 """
+from flts import events
+from flts.infer.settings import MAX_INFLIGHT
+from flts.spec import Capacity, FunctionSpec, Scaling, Server
+
+SPEC = FunctionSpec(
+    name="infer",
+    handler="flts.infer.handler:handle",
+    takes=(events.MODEL_SELECTED, events.INFERENCE_DATA),
+    emits=(),
+    settings="flts.infer.settings:ServingSettings",
+    server=Server.UVICORN,
+    entry="app",
+    scaling=Scaling.REQUEST_SERVER,
+    # Knative's concurrency limit = infer's own admission limit: beyond it, 429 (backpressure).
+    capacity=Capacity(concurrency=MAX_INFLIGHT, autoscale_target=MAX_INFLIGHT * 3 // 4, max_scale=10,
+                      timeout_seconds=30, requests={"cpu": "250m", "memory": "512Mi"},
+                      limits={"cpu": "1", "memory": "1Gi"}),
+    public=True,
+    # /scale_workers is open when SCALE_WORKERS_TOKEN is empty, and infer is public.
+    secrets=("S3_ACCESS_KEY", "S3_SECRET_KEY", "SCALE_WORKERS_TOKEN"),
+    env={"MAX_INFLIGHT": str(MAX_INFLIGHT)},
+)

@@ -21,7 +21,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from flts import __version__
-from flts.events import MAX_EVENT_BYTES, EventError
+from flts.delivery import BAD_EVENT, error_text, log_failure, status_of_exception
+from flts.events import MAX_EVENT_BYTES
 from flts.infer import prometheus as metrics
 from flts.infer.batcher import Batcher, InferenceFailed, Rejected
 from flts.infer.features import RequestError, format_forecast_times, parse_predict
@@ -30,9 +31,9 @@ from flts.infer.model import resolve_and_load
 from flts.infer.registry import ModelRegistry
 from flts.infer.settings import ServingSettings
 from flts.infer.v2 import infer_response, model_metadata, parse_infer
-from flts.logs import error, log, warn
+from flts.logs import log, warn
 from flts.settings import Env
-from flts.storage import InvalidKey, ObjectNotFound, ObjectStore, store_from_env
+from flts.storage import ObjectNotFound, ObjectStore, store_from_env
 
 JSON = "application/json"
 _MODEL_RETRY_SECONDS = 5.0
@@ -237,18 +238,14 @@ class InferService:
         except RequestError as exc:
             return _json(exc.status, {"error": str(exc)})
         except Exception as exc:  # noqa: BLE001 - the SDK raises several types for malformed events
-            return _json(400, {"error": f"not a valid CloudEvent: {exc}"})
+            return _json(BAD_EVENT, {"error": f"not a valid CloudEvent: {exc}"})
         try:
             async with self._swap_lock:  # one swap at a time; requests keep flowing meanwhile
-                result = await asyncio.to_thread(apply_event, event, self.store, self.settings, self.registry, self.env)
-        except (EventError, InvalidKey) as exc:
-            error("event_rejected", event_type=event["type"], event_id=event["id"], error=str(exc))
-            return _json(400, {"error": str(exc)})
-        except ObjectNotFound as exc:
-            return _json(422, {"error": str(exc)})  # logged by the handler; the current model keeps serving
-        except Exception as exc:  # noqa: BLE001 - retryable by the caller
-            error("event_failed", event_type=event["type"], event_id=event["id"], error=f"{type(exc).__name__}: {exc}")
-            return _json(500, {"error": f"{type(exc).__name__}: {exc}"})
+                result = await asyncio.to_thread(apply_event, event, self.store, self.settings, self.registry)
+        except Exception as exc:  # noqa: BLE001 - flts.delivery gives each failure the status that tells the caller
+            if not isinstance(exc, ObjectNotFound):  # that one the handler logged; the current model keeps serving
+                log_failure(event, exc)
+            return _json(status_of_exception(exc), {"error": error_text(exc)})
         if self.registry.default is not None:
             self._ready()
         log("event_handled", event_type=event["type"], event_id=event["id"], **result)

@@ -27,7 +27,7 @@ from flts.infer.model import ModelError, ServedModel, load_model, resolve_and_lo
 from flts.infer.registry import ModelRegistry
 from flts.infer.settings import ServingSettings
 from flts.logs import error, log
-from flts.settings import Env, env_int
+from flts.settings import Env
 from flts.storage import ObjectNotFound, ObjectStore, StorageError, put_json, store_from_env
 
 FUNCTION = "infer"
@@ -47,15 +47,15 @@ def process_registry(settings: ServingSettings) -> ModelRegistry:
 def handle(event, env: Env) -> list:
     """Embedded-router entry: no reply events."""
     settings = ServingSettings.from_env(env)
-    apply_event(event, store_from_env(env), settings, process_registry(settings), env)
+    apply_event(event, store_from_env(env), settings, process_registry(settings))
     return []
 
 
-def apply_event(event, store: ObjectStore, settings: ServingSettings, registry: ModelRegistry, env: Env) -> dict:
+def apply_event(event, store: ObjectStore, settings: ServingSettings, registry: ModelRegistry) -> dict:
     data = events.parse_data(event, HANDLED)
     if event["type"] == events.MODEL_SELECTED:
         return swap_model(store, data, settings, registry)
-    return run_inference_job(store, data, settings, registry, env_int(env, "MAX_INFERENCE_BYTES", 200 * 1024 * 1024, 1))
+    return run_inference_job(store, data, settings, registry)
 
 
 # ---------------------------------------------------------------- model-selected
@@ -98,7 +98,8 @@ def result_prefix(claim: DataClaim, model: ServedModel) -> str:
 
 
 def run_inference_job(store: ObjectStore, claim: DataClaim, settings: ServingSettings,
-                      registry: ModelRegistry, max_bytes: int) -> dict:
+                      registry: ModelRegistry) -> dict:
+    max_bytes = settings.max_inference_bytes
     started = time.perf_counter()
     model = _model_for(store, claim, settings, registry)
     prefix, bucket = result_prefix(claim, model), settings.inference_log_bucket

@@ -1,10 +1,9 @@
-"""A promoted model, ready to serve: pointer → artifact bytes → ONNX Runtime session, warmed.
+"""A promoted model, ready to serve: pointer → artifact bytes → its format's predictor, warmed.
 
-The ONNX contract (written by eval): input "input" float32 [batch, input_seq_len,
-n_features] of RAW feature values in feature_columns order; output "forecast" float32
-[batch, output_seq_len] in original units. The scaling lives inside the graph, so nothing
-is unpickled here (DESIGN.md principle 5). A Prophet model ("prophet-json") is served by
-a lazily imported path (pandas + prophet, much slower) that the ONNX path never loads.
+The pointer's artifact_format names the loader (flts.forecasters): an ONNX graph runs in
+ONNX Runtime with the scaling inside the graph, so nothing is unpickled here (docs/design.md
+principle 5; the contract is in flts.forecasters.onnx). A Prophet model ("prophet-json") is
+served by a lazily imported module (pandas + prophet, much slower) that the ONNX path never loads.
 """
 from __future__ import annotations
 
@@ -14,15 +13,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flts import forecasters
 from flts.events import EventError, PromotionPointer
+from flts.forecasters import SIGNATURE, ArtifactError, ArtifactFormat
+from flts.forecasters.base import Predictor
 from flts.infer.features import InputSpec
 from flts.infer.settings import ServingSettings
 from flts.logs import log
 from flts.promotion import resolve_pointer
 from flts.storage import ObjectNotFound, ObjectStore, StorageError, get_json
-
-INPUT_NAME = "input"
-OUTPUT_NAME = "forecast"
 
 
 class ModelError(EventError):
@@ -45,78 +44,8 @@ class ModelInfo:
                 "config_hash": self.config_hash, "format": self.artifact_format}
 
 
-class OrtPredictor:
-    def __init__(self, model_bytes: bytes, settings: ServingSettings):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        # Threads are set on purpose: with intra_op=1 a run uses only its calling thread,
-        # so parallelism comes from worker lanes/processes instead of ORT's spinning pool,
-        # which would fight the event loop for 2 cores.
-        options.intra_op_num_threads = settings.ort_intra_op_threads
-        options.inter_op_num_threads = settings.ort_inter_op_threads
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # ORT raises its own exception types for corrupt graphs
-            raise ModelError(f"not a loadable ONNX model: {str(exc).splitlines()[0][:300]}") from None
-
-    def check(self, spec: InputSpec) -> None:
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = {o.name: o for o in self.session.get_outputs()}
-        if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
-            raise ModelError(f"the ONNX graph must have input {INPUT_NAME!r} and output {OUTPUT_NAME!r}; "
-                             f"it has inputs {list(inputs)} and outputs {list(outputs)}")
-        shape = inputs[INPUT_NAME].shape
-        expected = [None, spec.input_seq_len, len(spec.feature_columns)]
-        if len(shape) != 3 or any(isinstance(d, int) and e is not None and d != e for d, e in zip(shape, expected, strict=False)):
-            raise ModelError(f"ONNX input shape {shape} does not match [batch, {spec.input_seq_len}, "
-                             f"{len(spec.feature_columns)}] from the pointer")
-
-    def predict(self, x: np.ndarray, last_wall: np.ndarray, step: np.ndarray) -> np.ndarray:
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-
-
-class ProphetPredictor:
-    """Prophet's own JSON; imported only when such a model is promoted (slow path)."""
-
-    def __init__(self, model_bytes: bytes, spec: InputSpec):
-        from prophet.serialize import model_from_json  # noqa: PLC0415 - lazy on purpose
-
-        try:
-            self.model = model_from_json(model_bytes.decode("utf-8"))
-        except Exception as exc:  # noqa: BLE001 - any parse failure means the artifact is bad
-            raise ModelError(f"not a Prophet JSON model: {exc}") from None
-        self.model.uncertainty_samples = 0  # no intervals are served; skipping them is ~100x faster
-        self.spec = spec
-        self.regressors = list(getattr(self.model, "extra_regressors", {}) or {})
-        unknown = [r for r in self.regressors if r not in spec.feature_columns]
-        if unknown:
-            raise ModelError(f"Prophet regressors {unknown} are not among the feature columns")
-
-    def check(self, spec: InputSpec) -> None:
-        pass
-
-    def predict(self, x: np.ndarray, last_wall: np.ndarray, step: np.ndarray) -> np.ndarray:
-        import pandas as pd  # noqa: PLC0415 - lazy on purpose
-
-        horizon = self.spec.output_seq_len
-        k = np.arange(1, horizon + 1)
-        seconds = (last_wall[:, None] + step[:, None] * k[None, :]).ravel()
-        future = pd.DataFrame({"ds": pd.to_datetime(seconds, unit="s")})
-        # Future regressor values are unknown: hold each at its last observed value.
-        for name in self.regressors:
-            j = self.spec.feature_columns.index(name)
-            future[name] = np.repeat(x[:, -1, j], horizon)
-        forecast = self.model.predict(future)["yhat"].to_numpy(dtype=np.float32)
-        return forecast.reshape(len(x), horizon)
-
-
 class ServedModel:
-    def __init__(self, info: ModelInfo, spec: InputSpec, predictor, load_seconds: float):
+    def __init__(self, info: ModelInfo, spec: InputSpec, predictor: Predictor, load_seconds: float):
         self.info, self.spec, self.predictor = info, spec, predictor
         self.load_seconds = load_seconds
 
@@ -136,14 +65,14 @@ class ServedModel:
         return f"ServedModel({self.info.identifier}, run {self.info.run_id}, {self.info.artifact_format})"
 
 
-def input_spec(pointer: PromotionPointer, signature: dict) -> InputSpec:
+def input_spec(pointer: PromotionPointer, signature: dict, artifact_format: ArtifactFormat) -> InputSpec:
     """The pointer's fields, falling back to signature.json beside the artifact."""
     def field(name):
         value = getattr(pointer, name, None)
         return value if value is not None else signature.get(name)
 
     required = ["input_seq_len", "output_seq_len", "target"]
-    if pointer.artifact_format == "onnx":  # a Prophet model may use no feature column at all
+    if artifact_format.takes_features:  # a model that reads only timestamps (Prophet) may use no feature column
         required.append("feature_columns")
     missing = [n for n in required if field(n) is None]
     if missing:
@@ -162,7 +91,7 @@ def _signature(store: ObjectStore, pointer: PromotionPointer) -> dict:
     needed = (pointer.input_seq_len, pointer.output_seq_len, pointer.feature_columns, pointer.target)
     if all(v is not None for v in needed):
         return {}  # the pointer is complete: one object fetch fewer on a cold start
-    key = posixpath.join(posixpath.dirname(pointer.artifact_key), "signature.json")
+    key = posixpath.join(posixpath.dirname(pointer.artifact_key), SIGNATURE)
     try:
         return get_json(store, pointer.artifact_bucket, key)
     except ObjectNotFound:
@@ -172,13 +101,13 @@ def _signature(store: ObjectStore, pointer: PromotionPointer) -> dict:
 def load_model(store: ObjectStore, pointer: PromotionPointer, settings: ServingSettings) -> ServedModel:
     """Download, build and warm one model. ObjectNotFound / ModelError name what is wrong."""
     started = time.perf_counter()
-    spec = input_spec(pointer, _signature(store, pointer))
-    raw = store.get_bytes(pointer.artifact_bucket, pointer.artifact_key)
-    if pointer.artifact_format == "onnx":
-        predictor = OrtPredictor(raw, settings)
-    else:
-        predictor = ProphetPredictor(raw, spec)
-    predictor.check(spec)
+    try:  # a format that is unknown, or an artifact its loader refuses, cannot be served: ModelError
+        artifact_format = forecasters.artifact_format(pointer.artifact_format)
+        spec = input_spec(pointer, _signature(store, pointer), artifact_format)
+        raw = store.get_bytes(pointer.artifact_bucket, pointer.artifact_key)
+        predictor = artifact_format.load_for_serving(raw, spec, settings)
+    except ArtifactError as exc:
+        raise ModelError(str(exc)) from None
     info = ModelInfo(pointer.identifier, pointer.run_id, pointer.model_type, pointer.config_hash,
                      pointer.artifact_format, pointer.artifact_bucket, pointer.artifact_key, pointer.timestamp)
     model = ServedModel(info, spec, predictor, 0.0)

@@ -13,6 +13,8 @@ import os
 import shutil
 import tempfile
 
+from flts.logs import configure
+
 APP_FACTORY = "flts.infer.app:create_app"
 
 
@@ -28,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def serve(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure(os.environ, component="infer")  # each uvicorn worker inherits the environment it reads
     own_metrics_dir = args.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if own_metrics_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="flts-prom-")

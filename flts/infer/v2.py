@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from flts import forecasters
+from flts.forecasters.onnx import INPUT_NAME, OUTPUT_NAME
 from flts.infer.features import RequestError
-from flts.infer.model import INPUT_NAME, OUTPUT_NAME, ServedModel
-
-PLATFORM = {"onnx": "onnxruntime_onnx", "prophet-json": "prophet"}
+from flts.infer.model import ServedModel
 
 
 def model_metadata(model: ServedModel) -> dict:
@@ -20,7 +20,7 @@ def model_metadata(model: ServedModel) -> dict:
     return {
         "name": model.info.identifier,
         "versions": [model.info.run_id],
-        "platform": PLATFORM.get(model.info.artifact_format, model.info.artifact_format),
+        "platform": forecasters.artifact_format(model.info.artifact_format).platform,
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32",
                     "shape": [-1, spec.input_seq_len, len(spec.feature_columns)]}],
         "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, spec.output_seq_len]}],

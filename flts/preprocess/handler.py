@@ -2,7 +2,7 @@
 
 The output location is `processed-data/<identifier>/<config_hash>/{train,test}.parquet`
 with a `.meta.json` claim beside them. Everything that changes the output goes into the
-config hash (DESIGN.md principle 3), so a repeated event finds its output and only
+config hash (docs/design.md principle 3), so a repeated event finds its output and only
 re-announces it (`skip_idempotent`).
 """
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
@@ -22,78 +21,15 @@ import pyarrow.parquet as pq
 from flts import events
 from flts.events import DataClaim, DatasetReady, EventError
 from flts.logs import log
-from flts.settings import ConfigError, Env, env_bool, env_float, env_int, env_list, env_str
+from flts.preprocess.settings import PreprocessSettings
+from flts.settings import Env
 from flts.storage import ObjectStore, get_json, put_json, store_from_env
 
-PREPROCESS_VERSION = 1
 FUNCTION = "preprocess"
 
 
 class DataError(EventError):
     """The dataset itself is unusable; the message names the problem."""
-
-
-@dataclass(frozen=True)
-class PreprocessSettings:
-    timestamp_column: str = "time"
-    target: str = "down"
-    test_fraction: float = 0.2
-    clip_outliers: bool = False
-    clip_quantiles: tuple[float, float] = (0.001, 0.999)
-    time_features: bool = True
-    drop_columns: tuple[str, ...] = ()
-    max_bytes: int = 200 * 1024 * 1024
-    processed_bucket: str = "processed-data"
-    extra_hash_salt: str = ""
-    force: bool = False
-    emit_inference_data: bool = False
-
-    def __post_init__(self):
-        low, high = self.clip_quantiles
-        if not 0 <= low < high <= 1:
-            raise ConfigError(f"CLIP_QUANTILES must be two quantiles 0 <= low < high <= 1, got {low},{high}")
-        kept = {self.timestamp_column, self.target} & set(self.drop_columns)
-        if kept:
-            raise ConfigError(f"DROP_COLUMNS must not name the timestamp or target column: {sorted(kept)}")
-
-    @classmethod
-    def from_env(cls, env: Env) -> PreprocessSettings:
-        low, high = _quantiles(env_list(env, "CLIP_QUANTILES", "0.001,0.999"))
-        return cls(
-            timestamp_column=env_str(env, "TIMESTAMP_COLUMN", "time"),
-            target=env_str(env, "TARGET_COLUMN", "down"),
-            test_fraction=env_float(env, "TEST_FRACTION", 0.2),
-            clip_outliers=env_bool(env, "CLIP_OUTLIERS", False),
-            clip_quantiles=(low, high),
-            time_features=env_bool(env, "TIME_FEATURES", True),
-            drop_columns=tuple(env_list(env, "DROP_COLUMNS", "")),
-            max_bytes=env_int(env, "MAX_UPLOAD_BYTES", 200 * 1024 * 1024, minimum=1),
-            processed_bucket=env_str(env, "PROCESSED_BUCKET", "processed-data"),
-            extra_hash_salt=env_str(env, "EXTRA_HASH_SALT", ""),
-            force=env_bool(env, "FORCE_REPROCESS", False),
-            emit_inference_data=env_bool(env, "EMIT_INFERENCE_DATA", False),
-        )
-
-    def knobs(self) -> dict:
-        """The settings that change the output (bucket names and limits do not)."""
-        return {
-            "version": PREPROCESS_VERSION,
-            "timestamp_column": self.timestamp_column,
-            "target": self.target,
-            "test_fraction": self.test_fraction,
-            "clip_outliers": self.clip_outliers,
-            "clip_quantiles": list(self.clip_quantiles) if self.clip_outliers else None,
-            "time_features": self.time_features,
-            "drop_columns": sorted(self.drop_columns),
-        }
-
-
-def _quantiles(items: list[str]) -> tuple[float, float]:
-    try:
-        low, high = (float(q) for q in items)
-    except ValueError:
-        raise ConfigError(f"CLIP_QUANTILES must be two numbers like 0.001,0.999, got {','.join(items)!r}") from None
-    return low, high
 
 
 # ---------------------------------------------------------------- config identity

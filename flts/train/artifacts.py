@@ -1,9 +1,9 @@
 """The files a training run logs (contract shared with eval and infer; keep the layout):
 
-    <MODEL_TYPE>/model.onnx | <MODEL_TYPE>/model.json   the serving model
-    <MODEL_TYPE>/signature.json                         what goes in and out
-    scaler/scaler.pkl, scaler/scaler.json               feature scaling (pickle for compatibility only)
-    plots/loss_curve.png                                GRU/LSTM
+    <MODEL_TYPE>/<model file>               the serving model (the family's format: model.onnx, model.json)
+    <MODEL_TYPE>/signature.json             what goes in and out
+    scaler/scaler.pkl, scaler/scaler.json   feature scaling (pickle for compatibility only)
+    plots/loss_curve.png                    GRU/LSTM
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from flts.forecasters import SIGNATURE
+from flts.forecasters.onnx import INPUT_NAME, OUTPUT_NAME
 from flts.metrics import TargetScale
 
 
@@ -25,8 +27,8 @@ def signature(*, fmt: str, feature_columns: list[str], target: str, timestamp_co
               output_seq_len: int, frequency_seconds: float, config_hash: str, model_type: str) -> dict:
     return {
         "format": fmt,
-        "input_name": "input",
-        "output_name": "forecast",
+        "input_name": INPUT_NAME,
+        "output_name": OUTPUT_NAME,
         "feature_columns": list(feature_columns),
         "target": target,
         "timestamp_column": timestamp_column,
@@ -36,6 +38,13 @@ def signature(*, fmt: str, feature_columns: list[str], target: str, timestamp_co
         "config_hash": config_hash,
         "model_type": model_type,
     }
+
+
+def write_serving_model(folder: Path, model_file: str, model_bytes: bytes, signature: dict) -> None:
+    """<MODEL_TYPE>/: the model file as it is served, and its signature."""
+    folder.mkdir(parents=True)
+    (folder / model_file).write_bytes(model_bytes)
+    write_json(folder / SIGNATURE, signature)
 
 
 def fit_scaler(features: np.ndarray, columns: list[str]):

@@ -1,6 +1,6 @@
 """The train function: `flts.training-data` in, `flts.model-training` RUNNING + SUCCESS|FAILED out.
 
-One deployment per MODEL_TYPE (GRU, LSTM, PROPHET) runs this same handler. A run:
+One deployment per MODEL_TYPE (a family of flts.forecasters) runs this same handler. A run:
 1. reads the claimed train/test Parquet and checks it (bad data → FAILED, nothing trained);
 2. looks in MLflow for a FINISHED run of this model type and config hash and, if there is
    one, re-announces it instead of training (durable dedup, SKIP_DUPLICATE_CONFIGS);
@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import re
 import tempfile
-import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from flts import events
+from flts import events, forecasters
 from flts.events import DataClaim, EventError, ModelTraining
 from flts.logs import error, log
 from flts.metrics import TargetScale, regression_metrics
@@ -26,7 +25,6 @@ from flts.storage import store_from_env
 from flts.train import artifacts, data, tracking
 from flts.train.errors import TrainError
 from flts.train.settings import TrainSettings
-from flts.windows import make_windows
 
 FUNCTION = "train"
 MAX_ERROR_CHARS = 4000  # an event stays a small claim, whatever the error says
@@ -115,8 +113,7 @@ def train(job: Job, env: Env) -> Outcome:
                                              "train_rows": len(split.train.target), "test_rows": len(split.test.target)})
         with tempfile.TemporaryDirectory(prefix="flts-train-") as tmp:
             folder = Path(tmp)
-            trainer = _train_prophet if settings.model_type == "PROPHET" else _train_rnn
-            metrics, series = trainer(job, split, folder)
+            metrics, series = fit_and_write(job, split, folder)
             tracking.log_metrics(client, run_id, metrics, series)
             client.log_artifacts(run_id, str(folder))  # the folder mirrors the artifact layout
     except BaseException as exc:
@@ -128,64 +125,26 @@ def train(job: Job, env: Env) -> Outcome:
     return Outcome(run_id, metrics)
 
 
-def _signature(job: Job, split: data.TrainData, fmt: str, feature_columns: list[str]) -> dict:
+def fit_and_write(job: Job, split: data.TrainData, folder: Path) -> tuple[dict, dict]:
+    """Fit this MODEL_TYPE's family and write the run's artifact folder; returns (metrics, per-epoch series).
+
+    Scored on what is served: the family forecasts the test windows with its serving model.
+    """
+    family = forecasters.family(job.settings.model_type)
+    fitted = family.fit(job.settings, split, folder, f"{family.name} {job.claim.identifier}")
+    target_scale = TargetScale.fit(split.train.target)
+    metrics = {**regression_metrics(fitted.truth, fitted.forecast, target_scale), **fitted.metrics}
+    artifacts.write_serving_model(folder / family.name, family.model_file, fitted.model_bytes,
+                                  _signature(job, split, family))
+    artifacts.write_scaler(folder / "scaler", fitted.scaler, split.feature_columns, job.target, target_scale)
+    return metrics, fitted.series
+
+
+def _signature(job: Job, split: data.TrainData, family: forecasters.Family) -> dict:
     s = job.settings
-    return artifacts.signature(fmt=fmt, feature_columns=feature_columns, target=job.target,
+    # A family that reads only the timestamps (Prophet) takes no feature column.
+    columns = split.feature_columns if family.format.takes_features else []
+    return artifacts.signature(fmt=family.format.name, feature_columns=columns, target=job.target,
                                timestamp_column=job.timestamp_column, input_seq_len=s.input_seq_len,
                                output_seq_len=s.output_seq_len, frequency_seconds=split.frequency_seconds(),
                                config_hash=job.claim.config_hash, model_type=s.model_type)
-
-
-def _train_rnn(job: Job, split: data.TrainData, folder: Path) -> tuple[dict, dict]:
-    from flts.train import rnn
-
-    s = job.settings
-    in_len, out_len = s.input_seq_len, s.output_seq_len
-    train, test = split.train, split.test
-    n_val = data.validation_rows(len(train.target), in_len, out_len, s.val_fraction)
-    cut = len(train.target) - n_val
-    # Validation windows take their inputs from before the cut; their targets lie after it.
-    x_fit, y_fit = make_windows(train.features[:cut], train.target[:cut], in_len, out_len)
-    x_val, y_val = make_windows(train.features[cut - in_len:], train.target[cut - in_len:], in_len, out_len)
-    x_test, y_test = make_windows(test.features, test.target, in_len, out_len)
-    scaler = artifacts.fit_scaler(train.features[:cut], split.feature_columns)
-
-    result = rnn.fit(s, x_fit, y_fit, x_val, y_val, scaler.mean_, scaler.scale_, split.target_index)
-    started = time.perf_counter()
-    model_bytes = rnn.export_onnx(result.model, x_test, s.onnx_opset)
-    served = rnn.onnx_predict(model_bytes, x_test)
-    target_scale = TargetScale.fit(train.target)
-    diff = rnn.check_parity(rnn.predict(result.model, x_test), served, s.parity_tolerance * target_scale.std)
-    export_seconds = time.perf_counter() - started
-
-    # Scored on what is served: the ONNX graph's forecasts of the test windows.
-    metrics = regression_metrics(y_test, served, target_scale)
-    metrics.update(train_seconds=result.seconds, export_seconds=export_seconds, onnx_max_abs_diff=diff,
-                   best_epoch=result.best_epoch, epochs_run=len(result.train_losses), val_loss=result.best_val_loss)
-    model_dir = folder / s.model_type
-    model_dir.mkdir(parents=True)
-    (model_dir / "model.onnx").write_bytes(model_bytes)
-    artifacts.write_json(model_dir / "signature.json", _signature(job, split, "onnx", split.feature_columns))
-    artifacts.write_scaler(folder / "scaler", scaler, split.feature_columns, job.target, target_scale)
-    artifacts.write_loss_curve(folder / "plots" / "loss_curve.png", result.train_losses, result.val_losses,
-                               result.best_epoch, f"{s.model_type} {job.claim.identifier}")
-    return metrics, {"train_loss": result.train_losses, "val_loss": result.val_losses}
-
-
-def _train_prophet(job: Job, split: data.TrainData, folder: Path) -> tuple[dict, dict]:
-    from flts.train import prophet_model
-
-    s = job.settings
-    model, seconds = prophet_model.fit(split.train, s.prophet_max_rows)
-    pred, truth = prophet_model.forecast_windows(model, split.test, s.input_seq_len, s.output_seq_len)
-    target_scale = TargetScale.fit(split.train.target)
-    metrics = regression_metrics(truth, pred, target_scale)
-    metrics["train_seconds"] = seconds
-    model_dir = folder / s.model_type
-    model_dir.mkdir(parents=True)
-    (model_dir / "model.json").write_text(prophet_model.to_json(model))
-    # Prophet reads only the timestamps: no feature columns go in.
-    artifacts.write_json(model_dir / "signature.json", _signature(job, split, "prophet-json", []))
-    scaler = artifacts.fit_scaler(split.train.features, split.feature_columns)
-    artifacts.write_scaler(folder / "scaler", scaler, split.feature_columns, job.target, target_scale)
-    return metrics, {}

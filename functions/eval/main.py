@@ -2,13 +2,15 @@
 
 Run locally:  functions-framework --source functions/eval/main.py --target eval_function --port 8083
 """
+import os
+
 import functions_framework
 
 from flts.eval.handler import handle
 from flts.function_http import serve_events
-from flts.logs import set_component
+from flts.logs import configure
 
-set_component("eval")
+configure(os.environ, component="eval")
 
 
 @functions_framework.http

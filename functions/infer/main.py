@@ -9,9 +9,11 @@ Run locally:
     python -m flts.infer serve --port 8080 --workers 2        # same app, tuned flags
 Configuration: environment variables, see docs/inference.md.
 """
-from flts.infer.app import create_app
-from flts.logs import set_component
+import os
 
-set_component("infer")
+from flts.infer.app import create_app
+from flts.logs import configure
+
+configure(os.environ, component="infer")
 
 app = create_app()

@@ -2,13 +2,15 @@
 
 Run locally:  functions-framework --source functions/preprocess/main.py --target preprocess --port 8081
 """
+import os
+
 import functions_framework
 
 from flts.function_http import serve_events
-from flts.logs import set_component
+from flts.logs import configure
 from flts.preprocess.handler import handle
 
-set_component("preprocess")
+configure(os.environ, component="preprocess")
 
 
 @functions_framework.http

@@ -3,13 +3,15 @@
 One deployment per model type (MODEL_TYPE=GRU, LSTM or PROPHET), same code.
 Run locally:  MODEL_TYPE=GRU functions-framework --source functions/train/main.py --target train --port 8082
 """
+import os
+
 import functions_framework
 
 from flts.function_http import serve_events
-from flts.logs import set_component
+from flts.logs import configure
 from flts.train.handler import handle
 
-set_component("train")
+configure(os.environ, component="train")
 
 
 @functions_framework.http

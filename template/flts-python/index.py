@@ -4,10 +4,8 @@ OpenFaaS: of-watchdog (http mode) starts this as `fprocess` and proxies :8080 to
 `upstream_url` (http://127.0.0.1:5000), answering 429 beyond `max_inflight`.
 Knative: the Service runs it directly, `python /app/index.py --listen 0.0.0.0:8080`.
 Either way it replaces itself with the function's own HTTP server, run from the handler
-folder (functions/<name>/, the working directory):
-
-  FLTS_SERVER=functions-framework   functions-framework --source main.py --target $FUNCTION_TARGET
-  FLTS_SERVER=uvicorn               uvicorn main:$FUNCTION_TARGET (an ASGI app)
+folder (functions/<name>/, the working directory): FLTS_FUNCTION names the function, and
+its spec (flts.<function>.SPEC) says which server runs which entry point of main.py.
 
 OpenFaaS mounts secrets as files in /var/openfaas/secrets/, but the code reads settings
 from the environment only: each secret file becomes a variable first (`s3-secret-key` →
@@ -23,7 +21,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 SECRETS_DIR = Path("/var/openfaas/secrets")
-SERVERS = ("functions-framework", "uvicorn")
 
 
 def secrets_to_env(directory: Path, env: MutableMapping[str, str]) -> list[str]:
@@ -51,16 +48,17 @@ def listen_address(listen: str | None, env: MutableMapping[str, str]) -> tuple[s
     return host or "0.0.0.0", int(port)
 
 
-def server_command(server: str, target: str, host: str, port: int) -> list[str]:
-    if not target:
-        raise SystemExit("index.py: FUNCTION_TARGET is not set (the function or ASGI app in main.py)")
-    if server == "functions-framework":
-        return [sys.executable, "-m", "functions_framework", "--source", "main.py", "--target", target,
-                "--host", host, "--port", str(port)]
-    if server == "uvicorn":
-        return [sys.executable, "-m", "uvicorn", f"main:{target}", "--app-dir", ".", "--host", host,
-                "--port", str(port), "--no-access-log"]
-    raise SystemExit(f"index.py: FLTS_SERVER must be one of {', '.join(SERVERS)}, got {server!r}")
+def server_command(function: str, host: str, port: int) -> list[str]:
+    """The server the function's spec names, serving ./main.py on host:port."""
+    from flts.routing import function_spec
+
+    if not function:
+        raise SystemExit("index.py: FLTS_FUNCTION is not set (the function this image runs: its folder name)")
+    try:
+        spec = function_spec(function)
+    except KeyError as exc:
+        raise SystemExit(f"index.py: FLTS_FUNCTION: {exc.args[0]}") from None
+    return spec.server_command(host, port)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -69,8 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     secrets_to_env(SECRETS_DIR, os.environ)
     host, port = listen_address(args.listen, os.environ)
-    command = server_command(os.environ.get("FLTS_SERVER", "functions-framework"),
-                             os.environ.get("FUNCTION_TARGET", ""), host, port)
+    command = server_command(os.environ.get("FLTS_FUNCTION", ""), host, port)
     sys.stdout.flush()
     # exec: the server gets the signals (the watchdog's or the kubelet's SIGTERM) directly.
     os.execv(command[0], command)

@@ -3,12 +3,12 @@
     flts deploy render --target knative|openfaas [--check]
     flts deploy shrinkwrap <function> <outdir>
 
-One source of truth: `flts.routing` says which deployment takes which event type (and a
-deployment's own env, e.g. MODEL_TYPE); `settings.FUNCTIONS` says how each function folder
-runs. Every file is built from those two as plain dicts dumped with PyYAML, and a test
+One source of truth: each function's spec (flts.<function>.SPEC) says how it runs, and
+`flts.routing`, derived from the specs, says which deployment takes which event type (and a
+deployment's own env, e.g. MODEL_TYPE). Every file is built from those two as plain dicts dumped with PyYAML, and a test
 fails when a committed file differs from `render()`.
 
-    settings.py   the function-settings table, ConfigMap values, secrets, images, ports
+    cluster.py    ConfigMap values and keys per function, registry, images
     knative.py    Services, ConfigMap, Secret template, Broker, Triggers, KafkaSinks/Sources, SinkBindings
     openfaas.py   stack.yml, the dispatcher (Deployment, Service, Dockerfile), shrinkwrap
     images.py     the functions' Dockerfiles and pinned requirements.txt
@@ -19,27 +19,23 @@ fails when a committed file differs from `render()`.
 The names below are the package's API (tests, flts/cli.py use them); the rest stays in its module.
 """
 from flts.dev.deploy.cli import add_parser
+from flts.dev.deploy.cluster import (
+    CONFIG,
+    KAFKA_BOOTSTRAP,
+    PORT,
+    REGISTRY,
+    TEMPLATE,
+    UPSTREAM,
+    WATCHDOG_IMAGE,
+    config_keys,
+    deployment_env,
+    image,
+    secret_file_name,
+)
 from flts.dev.deploy.generate import TARGETS, drift, render, write
 from flts.dev.deploy.images import REQUIREMENTS, dockerfile, requirements_txt
 from flts.dev.deploy.knative import BROKER, CONFIGMAP, SECRET, knative_files
 from flts.dev.deploy.openfaas import DISPATCHER_URL, WATCHDOG_ENV, dispatcher_objects, shrinkwrap, stack
-from flts.dev.deploy.settings import (
-    CONFIG,
-    FUNCTIONS,
-    KAFKA_BOOTSTRAP,
-    MAX_INFLIGHT,
-    PORT,
-    REGISTRY,
-    SECRETS,
-    TEMPLATE,
-    UPSTREAM,
-    WATCHDOG_IMAGE,
-    FunctionSettings,
-    deployment_env,
-    image,
-    secret_file_name,
-    settings_of,
-)
 from flts.dev.deploy.validate import (
     CORE_SCHEMAS,
     CRD_FILES,
@@ -53,8 +49,8 @@ from flts.dev.deploy.validate import (
 
 __all__ = [
     # the table and its constants
-    "CONFIG", "FUNCTIONS", "KAFKA_BOOTSTRAP", "MAX_INFLIGHT", "PORT", "REGISTRY", "SECRETS", "TEMPLATE", "UPSTREAM",
-    "WATCHDOG_IMAGE", "FunctionSettings", "deployment_env", "image", "secret_file_name", "settings_of",
+    "CONFIG", "KAFKA_BOOTSTRAP", "PORT", "REGISTRY", "TEMPLATE", "UPSTREAM",
+    "WATCHDOG_IMAGE", "config_keys", "deployment_env", "image", "secret_file_name",
     # builders
     "BROKER", "CONFIGMAP", "SECRET", "knative_files", "DISPATCHER_URL", "WATCHDOG_ENV", "dispatcher_objects", "stack",
     "REQUIREMENTS", "dockerfile", "requirements_txt", "shrinkwrap",

@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 from flts.dev import REPO
+from flts.dev.deploy.cluster import REGISTRY
 from flts.dev.deploy.generate import TARGETS, drift, write
 from flts.dev.deploy.knative import knative_files
 from flts.dev.deploy.openfaas import shrinkwrap, stack
-from flts.dev.deploy.settings import REGISTRY
 from flts.dev.deploy.validate import knative_errors, stack_errors
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import yaml
 
 from flts.dev import REPO
+from flts.dev.deploy.cluster import GENERATED, REGISTRY
 from flts.dev.deploy.images import dockerfiles, requirements_files
 from flts.dev.deploy.knative import knative_files
 from flts.dev.deploy.openfaas import dispatcher_dockerfile, dispatcher_objects, stack
-from flts.dev.deploy.settings import GENERATED, REGISTRY
 
 
 class _Dumper(yaml.SafeDumper):

@@ -10,9 +10,8 @@ import tomllib
 from pathlib import Path
 
 from flts.dev import REPO
-from flts.dev.deploy.settings import (
+from flts.dev.deploy.cluster import (
     APP_UID,
-    FUNCTIONS,
     GENERATED,
     PORT,
     PYTHON_IMAGE,
@@ -40,12 +39,13 @@ RUN useradd --uid {uid} --create-home --shell /usr/sbin/nologin app
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY flts/ flts/
+# .dockerignore keeps flts/dev (the local stack, generators, benchmarks) out of every image.
 COPY functions/{function}/ functions/handler/
 COPY template/{template}/index.py index.py
 WORKDIR /app/functions/handler
 RUN pip install -r requirements.txt
 USER {uid}
-ENV HOME=/home/app FLTS_SERVER={server} FUNCTION_TARGET={target} \\
+ENV HOME=/home/app FLTS_FUNCTION={function} \\
     fprocess="python /app/index.py" mode=http upstream_url=http://{upstream}
 EXPOSE {port}
 CMD ["fwatchdog"]
@@ -53,11 +53,10 @@ CMD ["fwatchdog"]
 
 
 def dockerfile(function: str, registry: str = REGISTRY) -> str:
-    fs = FUNCTIONS[function]
     return DOCKERFILE.format(
         generated=GENERATED.format(target="knative"), function=function, image=image(function, registry),
         template=TEMPLATE, watchdog=WATCHDOG_IMAGE, python=PYTHON_IMAGE, uid=APP_UID,
-        server=fs.server, target=fs.target, upstream=UPSTREAM, port=PORT)
+        upstream=UPSTREAM, port=PORT)
 
 
 def dockerfiles(registry: str = REGISTRY) -> dict[str, str]:

@@ -21,20 +21,19 @@ from __future__ import annotations
 from typing import Any
 
 from flts import routing
-from flts.dev.deploy.settings import (
+from flts.dev.deploy.cluster import (
     APP_UID,
     CONFIG,
     KAFKA_BOOTSTRAP,
-    PORT,
     REGISTRY,
     RETRIES,
-    FunctionSettings,
+    config_keys,
     deployment_env,
     emitters,
     image,
-    settings_of,
 )
 from flts.routing import Deployment
+from flts.spec import Capacity, FunctionSpec
 
 BROKER = "flts"
 CONFIGMAP = "flts-config"
@@ -73,14 +72,19 @@ def _ref(api: tuple[str, str], name: str) -> dict:
     return {"ref": {"apiVersion": api[0], "kind": api[1], "name": name}}
 
 
-def _keys_read(attribute: str) -> list[str]:
-    """ConfigMap or Secret keys some deployment reads (`config` or `secrets`), sorted."""
-    return sorted({k for d in routing.DEPLOYMENTS for k in getattr(settings_of(d), attribute)})
+def _config_keys() -> list[str]:
+    """ConfigMap keys some function reads, sorted."""
+    return sorted({k for spec in routing.SPECS for k in config_keys(spec)})
+
+
+def _secret_keys() -> list[str]:
+    """Secret keys some function reads, sorted."""
+    return sorted({k for spec in routing.SPECS for k in spec.secrets})
 
 
 def emitted_types() -> list[str]:
     """Event types some function emits, in routing-table order."""
-    emitted = {t for d in emitters() for t in settings_of(d).emits}
+    emitted = {t for d in emitters() for t in d.spec.emits}
     return [t for t in routing.TOPICS if t in emitted]
 
 
@@ -92,67 +96,67 @@ def ingress_types() -> list[str]:
 
 # --------------------------------------------------------------------------- Services and their settings
 def _env_list(d: Deployment) -> list[dict]:
-    fs = settings_of(d)
     fixed = [{"name": k, "value": v} for k, v in deployment_env(d).items()]
-    config = [{"name": k, "valueFrom": {"configMapKeyRef": {"name": CONFIGMAP, "key": k}}} for k in sorted(fs.config)]
-    secrets = [{"name": k, "valueFrom": {"secretKeyRef": {"name": SECRET, "key": k}}} for k in sorted(fs.secrets)]
+    config = [{"name": k, "valueFrom": {"configMapKeyRef": {"name": CONFIGMAP, "key": k}}}
+              for k in sorted(config_keys(d.spec))]
+    secrets = [{"name": k, "valueFrom": {"secretKeyRef": {"name": SECRET, "key": k}}} for k in sorted(d.spec.secrets)]
     return fixed + config + secrets
 
 
-def _probes(fs: FunctionSettings) -> dict:
+def _probes(spec: FunctionSpec) -> dict:
     return {
-        "readinessProbe": {"httpGet": {"path": fs.readiness_path, "port": PORT}, "periodSeconds": 2,
+        "readinessProbe": {"httpGet": {"path": spec.readiness_path, "port": spec.port}, "periodSeconds": 2,
                            "failureThreshold": 3},
-        "livenessProbe": {"httpGet": {"path": fs.liveness_path, "port": PORT}, "periodSeconds": 10,
+        "livenessProbe": {"httpGet": {"path": spec.liveness_path, "port": spec.port}, "periodSeconds": 10,
                           "failureThreshold": 3, "initialDelaySeconds": 10},
     }
 
 
-def _autoscaling(fs: FunctionSettings) -> dict[str, str]:
+def _autoscaling(capacity: Capacity) -> dict[str, str]:
     # Autoscaling belongs on the revision template (the webhook rejects it elsewhere).
     return {
         "autoscaling.knative.dev/class": "kpa.autoscaling.knative.dev",
         "autoscaling.knative.dev/metric": "concurrency",
-        "autoscaling.knative.dev/target": str(fs.target_concurrency),
-        "autoscaling.knative.dev/min-scale": str(fs.min_scale),
-        "autoscaling.knative.dev/max-scale": str(fs.max_scale),
+        "autoscaling.knative.dev/target": str(capacity.target_concurrency),
+        "autoscaling.knative.dev/min-scale": str(capacity.min_scale),
+        "autoscaling.knative.dev/max-scale": str(capacity.max_scale),
     }
 
 
 def knative_service(d: Deployment, registry: str = REGISTRY) -> dict:
-    fs = settings_of(d)
+    spec, capacity = d.spec, d.spec.capacity
     labels = {"app.kubernetes.io/name": d.name, "app.kubernetes.io/component": d.function}
-    if not fs.public:  # event-only functions get no external route
+    if not spec.public:  # event-only functions get no external route
         labels["networking.knative.dev/visibility"] = "cluster-local"
     container = {
         "name": d.function,
         "image": image(d.function, registry),
         # The server itself on :8080, without the image's default of-watchdog in front.
-        "command": ["python", "/app/index.py", "--listen", f"0.0.0.0:{PORT}"],
-        "ports": [{"name": "http1", "containerPort": PORT}],
+        "command": ["python", "/app/index.py", "--listen", f"0.0.0.0:{spec.port}"],
+        "ports": [{"name": "http1", "containerPort": spec.port}],
         "env": _env_list(d),
-        "resources": {"requests": dict(fs.requests), "limits": dict(fs.limits)},
-        **_probes(fs),
+        "resources": {"requests": dict(capacity.requests), "limits": dict(capacity.limits)},
+        **_probes(spec),
         "securityContext": {
             "runAsNonRoot": True, "runAsUser": APP_UID, "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
     return _object(SERVICE_API, _meta(d.name, labels), spec={"template": {
-        "metadata": {"labels": {"app.kubernetes.io/name": d.name}, "annotations": _autoscaling(fs)},
-        "spec": {"containerConcurrency": fs.concurrency, "timeoutSeconds": fs.timeout_seconds,
+        "metadata": {"labels": {"app.kubernetes.io/name": d.name}, "annotations": _autoscaling(capacity)},
+        "spec": {"containerConcurrency": capacity.concurrency, "timeoutSeconds": capacity.timeout_seconds,
                  "containers": [container]},
     }})
 
 
 def config_map() -> dict:
-    return _object(("v1", "ConfigMap"), _meta(CONFIGMAP), data={k: CONFIG[k] for k in _keys_read("config")})
+    return _object(("v1", "ConfigMap"), _meta(CONFIGMAP), data={k: CONFIG[k] for k in _config_keys()})
 
 
 def secret_template() -> dict:
     # Keys only: fill them in a copy that is never committed, or `kubectl create secret`.
     return _object(("v1", "Secret"), _meta(SECRET), type="Opaque",
-                   stringData={k: "" for k in _keys_read("secrets")})
+                   stringData={k: "" for k in _secret_keys()})
 
 
 # --------------------------------------------------------------------------- eventing
@@ -185,7 +189,7 @@ def _trigger(name: str, event_type: str, subscriber: dict, timeout_seconds: int 
 
 
 def subscriber_triggers() -> list[dict]:
-    return [_trigger(f"{d.name}-{routing.topic_of(t)}", t, _ref(SERVICE_API, d.name), settings_of(d).timeout_seconds)
+    return [_trigger(f"{d.name}-{routing.topic_of(t)}", t, _ref(SERVICE_API, d.name), d.spec.capacity.timeout_seconds)
             for d in routing.DEPLOYMENTS for t in d.subscribes]
 
 

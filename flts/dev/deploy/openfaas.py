@@ -3,7 +3,7 @@
 Each function's image runs of-watchdog by default: `:8080` → the function's server on
 127.0.0.1:5000, `max_inflight` answering 429 (template/flts-python/index.py starts the server).
 
-OpenFaaS CE has no Kafka connector: the project's dispatcher (flts/dispatcher.py) is the
+OpenFaaS CE has no Kafka connector: the project's dispatcher (flts/dispatcher/) is the
 trigger. It consumes each deployment's topics and POSTs the events to the gateway, and its
 HTTP ingress is every function's K_SINK (outputs go to the topic of their type).
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from flts import __version__, routing
 from flts.dev import REPO
-from flts.dev.deploy.settings import (
+from flts.dev.deploy.cluster import (
     APP_UID,
     CONFIG,
     GENERATED,
@@ -23,10 +23,10 @@ from flts.dev.deploy.settings import (
     REGISTRY,
     RETRIES,
     TEMPLATE,
+    config_keys,
     deployment_env,
     image,
     secret_file_name,
-    settings_of,
 )
 from flts.routing import Deployment
 
@@ -45,34 +45,34 @@ DISPATCHER_URL = f"http://{DISPATCHER}.{DISPATCHER_NAMESPACE}.svc.cluster.local:
 
 # --------------------------------------------------------------------------- stack.yml
 def openfaas_function(d: Deployment, registry: str = REGISTRY) -> dict:
-    fs = settings_of(d)
-    timeout = f"{fs.timeout_seconds + WATCHDOG_GRACE}s"
-    environment = {**{k: CONFIG[k] for k in sorted(fs.config)}, **deployment_env(d)}
-    if fs.emits:
+    spec, capacity = d.spec, d.spec.capacity
+    timeout = f"{capacity.timeout_seconds + WATCHDOG_GRACE}s"
+    environment = {**{k: CONFIG[k] for k in sorted(config_keys(spec))}, **deployment_env(d)}
+    if spec.emits:
         environment["K_SINK"] = DISPATCHER_URL
     environment.update(read_timeout=timeout, write_timeout=timeout, exec_timeout=timeout)
-    if "MAX_INFLIGHT" in fs.env:  # the watchdog turns the app's own limit away at once (429)
-        environment["max_inflight"] = fs.env["MAX_INFLIGHT"]
+    if "MAX_INFLIGHT" in spec.env:  # the watchdog turns the app's own limit away at once (429)
+        environment["max_inflight"] = spec.env["MAX_INFLIGHT"]
     return {
         "lang": TEMPLATE,
         "handler": f"./functions/{d.function}",
         "image": image(d.function, registry),
-        "build_args": {"FLTS_SERVER": fs.server, "FUNCTION_TARGET": fs.target},
+        "build_args": {"FLTS_FUNCTION": spec.name},  # index.py starts the server its spec names
         "environment": environment,
-        "secrets": [secret_file_name(k) for k in fs.secrets],
+        "secrets": [secret_file_name(k) for k in spec.secrets],
         "labels": {
-            "com.openfaas.scale.min": str(max(fs.min_scale, 1)),  # CE has no scale to zero
-            "com.openfaas.scale.max": str(fs.max_scale),
-            "com.openfaas.scale.zero": "true" if fs.min_scale == 0 else "false",  # Pro only
+            "com.openfaas.scale.min": str(max(capacity.min_scale, 1)),  # CE has no scale to zero
+            "com.openfaas.scale.max": str(capacity.max_scale),
+            "com.openfaas.scale.zero": "true" if capacity.min_scale == 0 else "false",  # Pro only
         },
         "annotations": {
             "topic": ",".join(routing.topic_of(t) for t in d.subscribes),
             # Probed through the watchdog, which proxies the path to the function.
-            "com.openfaas.health.http.path": fs.readiness_path,
+            "com.openfaas.health.http.path": spec.readiness_path,
             "com.openfaas.health.http.initialDelay": "5s",
         },
-        "requests": {"cpu": fs.requests["cpu"], "memory": fs.requests["memory"]},
-        "limits": {"cpu": fs.limits["cpu"], "memory": fs.limits["memory"]},
+        "requests": {"cpu": capacity.requests["cpu"], "memory": capacity.requests["memory"]},
+        "limits": {"cpu": capacity.limits["cpu"], "memory": capacity.limits["memory"]},
     }
 
 
@@ -91,7 +91,7 @@ def dispatcher_image(registry: str = REGISTRY) -> str:
 
 
 def _dispatcher_env() -> dict[str, str]:
-    slowest = max(settings_of(d).timeout_seconds for d in routing.DEPLOYMENTS)
+    slowest = max(spec.capacity.timeout_seconds for spec in routing.SPECS)
     return {
         "KAFKA_BOOTSTRAP_SERVERS": KAFKA_BOOTSTRAP,
         "DISPATCH_TARGETS": ",".join(f"{d.name}={GATEWAY_IN_CLUSTER}/function/{d.name}" for d in routing.DEPLOYMENTS),

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from flts.dev import REPO
-from flts.dev.deploy.settings import PORT
+from flts.dev.deploy.cluster import PORT
 
 SCHEMA_DIR = REPO / "deploy" / "schemas"
 KNATIVE_SCHEMA_DIR = SCHEMA_DIR / "knative"

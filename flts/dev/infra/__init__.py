@@ -23,7 +23,6 @@ from flts.dev.infra.cli import main
 from flts.dev.infra.config import (
     DEFAULT_BUCKETS,
     DEFAULT_TOPICS,
-    REPO_ROOT,
     SERVICES,
     InfraConfig,
     InfraError,
@@ -48,7 +47,7 @@ from flts.dev.infra.s3 import create_buckets, start_s3
 from flts.dev.infra.service import stop_service
 
 __all__ = [
-    "DEFAULT_BUCKETS", "DEFAULT_TOPICS", "MLFLOW_ARTIFACTS_DESTINATION", "REPO_ROOT", "SERVICES",
+    "DEFAULT_BUCKETS", "DEFAULT_TOPICS", "MLFLOW_ARTIFACTS_DESTINATION", "SERVICES",
     "InfraConfig", "InfraError", "S3Credentials",
     "client_env", "create_buckets", "create_topics", "ephemeral_config", "free_port_pair", "kafka_bootstrap",
     "main", "mlflow_backend_uri", "mlflow_uri", "pg_dsn", "pg_password", "s3_credentials", "s3_endpoint",

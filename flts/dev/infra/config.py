@@ -15,8 +15,6 @@ from typing import NamedTuple
 from flts import routing
 from flts.dev import REPO, processes
 
-REPO_ROOT = REPO
-
 DEFAULT_TOPICS = routing.all_topics()  # every event type's topic and its dlq-<topic>
 DEFAULT_BUCKETS = ["raw-data", "processed-data", "mlflow", "model-promotion", "inference-logs"]
 SERVICES = ("kafka", "s3", "postgres", "mlflow")
@@ -56,7 +54,7 @@ class InfraConfig:
     """
 
     state_dir: Path = field(
-        default_factory=lambda: Path(os.environ.get("FLTS_STATE") or REPO_ROOT / ".flts")
+        default_factory=lambda: Path(os.environ.get("FLTS_STATE") or REPO / ".flts")
     )
     cache_dir: Path = field(
         default_factory=lambda: Path(

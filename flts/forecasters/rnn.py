@@ -1,7 +1,7 @@
-"""GRU and LSTM forecasters in torch, exported to ONNX with the scaling inside the graph.
+"""GRU and LSTM: torch networks exported to ONNX with the scaling inside the graph.
 
-input "input"  float32 [batch, input_seq_len, n_features]: raw feature values
-output "forecast" float32 [batch, output_seq_len]: the next target values, original units
+The served graph honours flts.forecasters.onnx's contract (raw feature windows in, the next
+target values in original units out), so GRU and LSTM share one loader.
 
 Measured on PobleSec/ElBorn test NRMSE before settling on plain MSE on the standardised
 target: log1p(target) helped ElBorn (0.442 vs 0.446) but hurt PobleSec (0.515 vs 0.494);
@@ -18,18 +18,60 @@ import io
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from flts.forecasters import onnx
+from flts.forecasters.base import Fitted
+from flts.forecasters.onnx import INPUT_NAME, OUTPUT_NAME
 from flts.logs import log
+from flts.metrics import TargetScale
+from flts.train.artifacts import fit_scaler, write_loss_curve
+from flts.train.data import TrainData, validation_rows
 from flts.train.errors import TrainingError
 from flts.train.settings import TrainSettings
+from flts.windows import make_windows
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "forecast"
+Windows = tuple[np.ndarray, np.ndarray]  # (x [windows, input_seq_len, n_features], y [windows, output_seq_len])
 
+
+# ---------------------------------------------------------------- the family
+
+def fit(settings: TrainSettings, split: TrainData, folder: Path, label: str) -> Fitted:
+    """Train on the fit part with early stopping on the validation tail, export to ONNX, and
+    forecast the test windows with the exported graph (what is served; checked against torch)."""
+    cut, fit_windows, val_windows, (x_test, y_test) = split_windows(settings, split)
+    scaler = fit_scaler(split.train.features[:cut], split.feature_columns)
+    result = train_network(settings, *fit_windows, *val_windows, scaler.mean_, scaler.scale_, split.target_index)
+    started = time.perf_counter()
+    bound = settings.parity_tolerance * TargetScale.fit(split.train.target).std
+    model_bytes, served, diff = export_checked(result.model, x_test, settings.onnx_opset, bound)
+    export_seconds = time.perf_counter() - started
+    write_loss_curve(folder / "plots" / "loss_curve.png", result.train_losses, result.val_losses,
+                     result.best_epoch, label)
+    return Fitted(model_bytes, served, y_test, scaler,
+                  metrics={"train_seconds": result.seconds, "export_seconds": export_seconds,
+                           "onnx_max_abs_diff": diff, "best_epoch": result.best_epoch,
+                           "epochs_run": len(result.train_losses), "val_loss": result.best_val_loss},
+                  series={"train_loss": result.train_losses, "val_loss": result.val_losses})
+
+
+def split_windows(settings: TrainSettings, split: TrainData) -> tuple[int, Windows, Windows, Windows]:
+    """The fit part's row count, then the windows of the fit part, the validation tail and the test split."""
+    in_len, out_len = settings.input_seq_len, settings.output_seq_len
+    train = split.train
+    cut = len(train.target) - validation_rows(len(train.target), in_len, out_len, settings.val_fraction)
+    # Validation windows take their inputs from before the cut; their targets lie after it.
+    return (cut,
+            make_windows(train.features[:cut], train.target[:cut], in_len, out_len),
+            make_windows(train.features[cut - in_len:], train.target[cut - in_len:], in_len, out_len),
+            make_windows(split.test.features, split.test.target, in_len, out_len))
+
+
+# ---------------------------------------------------------------- torch
 
 class RecurrentForecaster(nn.Module):
     """A GRU/LSTM over the window; a linear head on the last hidden state gives every step."""
@@ -70,8 +112,9 @@ class FitResult:
     seconds: float = 0.0
 
 
-def fit(settings: TrainSettings, x_fit: np.ndarray, y_fit: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-        feature_mean: np.ndarray, feature_scale: np.ndarray, target_index: int) -> FitResult:
+def train_network(settings: TrainSettings, x_fit: np.ndarray, y_fit: np.ndarray, x_val: np.ndarray,
+                  y_val: np.ndarray, feature_mean: np.ndarray, feature_scale: np.ndarray,
+                  target_index: int) -> FitResult:
     """Train on raw windows (standardised here); early stopping restores the best epoch."""
     torch.set_num_threads(settings.torch_threads)
     torch.manual_seed(settings.seed)
@@ -170,14 +213,17 @@ def export_onnx(model: ScaledForecaster, example: np.ndarray, opset: int) -> byt
     return program.model_proto.SerializeToString()
 
 
-def onnx_predict(model_bytes: bytes, x: np.ndarray, batch: int = 4096) -> np.ndarray:
-    import onnxruntime as ort
+def export_checked(model: ScaledForecaster, x_test: np.ndarray, opset: int,
+                   bound: float) -> tuple[bytes, np.ndarray, float]:
+    """The ONNX bytes, the graph's forecasts of the test windows and their max |ONNX - torch| (<= bound)."""
+    model_bytes = export_onnx(model, x_test, opset)
+    served = onnx_predict(model_bytes, x_test)
+    return model_bytes, served, check_parity(predict(model, x_test), served, bound)
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-    return np.concatenate([session.run([OUTPUT_NAME], {INPUT_NAME: x[i:i + batch]})[0]
-                           for i in range(0, len(x), batch)])
+
+def onnx_predict(model_bytes: bytes, x: np.ndarray) -> np.ndarray:
+    """The exported graph's forecasts, as ONNX Runtime serves them."""
+    return onnx.forecast(onnx.open_session(model_bytes, "the exported graph"), x)
 
 
 def check_parity(torch_pred: np.ndarray, onnx_pred: np.ndarray, bound: float) -> float:
