@@ -38,6 +38,7 @@ from flts import events, routing  # noqa: E402
 from flts.dev import infra, stack  # noqa: E402
 from flts.dispatcher.codec import event_from_kafka  # noqa: E402
 from flts.dispatcher.producer import EventProducer  # noqa: E402
+from flts.spec import functions_framework_command  # noqa: E402
 
 NOOP_SOURCE = '''
 import functions_framework
@@ -172,7 +173,7 @@ def dispatcher_figures(cfg: stack.StackConfig, workdir: Path, n_events: int, sam
         stack.start_process(cfg, dispatcher)
         for mode, extra in (("reply", {}), ("K_SINK", {"K_SINK": cfg.ingress_url})):
             function = stack.Process("bench-noop", "function", port,
-                                     stack.functions_framework_command(source, port), {**client_env, **extra},
+                                     functions_framework_command(str(source), "noop", cfg.host, port), {**client_env, **extra},
                                      url + "healthz", url)
             stack.start_process(cfg, function)
             stack.wait_healthy(cfg, [function, dispatcher], timeout=120)

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from flts import routing
-from flts.delivery import Outcome, outcome_of_exception
 from flts.logs import log, set_component
+from flts.outcomes import Outcome, outcome_of_exception
 from flts.settings import Env
 from flts.spec import FunctionSpec, Handler
 

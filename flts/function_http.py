@@ -8,7 +8,7 @@ instead and the reply is 202.
 Status codes tell the caller whether to retry: 400 = this event is bad (dead-letter it),
 413 = the body is over MAX_EVENT_BYTES, 422 = the object the claim points to is missing,
 5xx = something failed that may pass later (502: the output could not reach K_SINK).
-The rule is flts.delivery's, shared with infer, the embedded router and the dispatcher.
+The rule is flts.outcomes's, shared with infer, the embedded router and the dispatcher.
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ import orjson
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import from_http
 
-from flts.delivery import SinkError, TooLarge, error_text, log_failure, status_of_exception
 from flts.events import MAX_EVENT_BYTES, EventError
 from flts.logs import log
+from flts.outcomes import SinkError, TooLarge, error_text, log_failure, status_of_exception
 from flts.spec import Handler
 
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
@@ -48,7 +48,7 @@ def serve_events(request, handler: Handler, env=None):
             if sink:  # e.g. a trainer's RUNNING leaves now, not when training ends
                 _to_sink(sink, out)
             emitted.append(out)
-    except Exception as exc:  # noqa: BLE001 - flts.delivery gives each failure the status that tells the caller
+    except Exception as exc:  # noqa: BLE001 - flts.outcomes gives each failure the status that tells the caller
         log_failure(event, exc)
         return _json(status_of_exception(exc), error=error_text(exc))
     log("event_handled", event_type=event["type"], event_id=event["id"], emitted=[e["type"] for e in emitted])

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, NamedTuple, Self, get_args, get_origin
 
-from pydantic import BeforeValidator, Field, ValidationError, create_model
+from pydantic import BeforeValidator, Field, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 from pydantic_settings.sources.utils import parse_env_vars
@@ -190,18 +190,3 @@ class Tracking(Settings):
 
     tracking_uri: str = knob("MLFLOW_TRACKING_URI", "", "MLflow tracking URI; empty = MLflow's own default (./mlruns)")
     experiment_name: str = knob("MLFLOW_EXPERIMENT_NAME", "", "MLflow experiment; empty = flts-<identifier>")
-
-
-# ---------------------------------------------------------------- one-off reads (the dev tools' argparse defaults)
-
-def _one_knob(env: Env, name: str, kind: type, default: Any, **constraints: Any) -> Any:
-    model = create_model(f"Setting_{name}", __base__=Settings, value=(kind, knob(name, default, name, **constraints)))
-    return model.from_env(env).value
-
-
-def env_int(env: Env, name: str, default: int, minimum: int | None = None) -> int:
-    return _one_knob(env, name, int, default, ge=minimum)
-
-
-def env_float(env: Env, name: str, default: float) -> float:
-    return _one_knob(env, name, float, default)

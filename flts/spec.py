@@ -97,10 +97,15 @@ class FunctionSpec:
     def server_command(self, host: str, port: int, source_dir: str = ".") -> list[str]:
         """The command that serves functions/<name>/main.py (in `source_dir`) on host:port."""
         if self.server is Server.FUNCTIONS_FRAMEWORK:
-            return [sys.executable, "-m", "functions_framework", "--source", f"{source_dir}/main.py",
-                    "--target", self.entry, "--host", host, "--port", str(port)]
+            return functions_framework_command(f"{source_dir}/main.py", self.entry, host, port)
         return [sys.executable, "-m", "uvicorn", f"main:{self.entry}", "--app-dir", source_dir, "--host", host,
                 "--port", str(port), "--no-access-log"]
+
+
+def functions_framework_command(source: str, target: str, host: str, port: int) -> list[str]:
+    """functions-framework serving the @functions_framework.http `target` of the file `source`."""
+    return [sys.executable, "-m", "functions_framework", "--source", source, "--target", target, "--host", host,
+            "--port", str(port)]
 
 
 def load(path: str):

@@ -168,18 +168,6 @@ def test_eval_waits_for_exactly_the_trainers_that_are_deployed(knative, stack):
     assert sorted(stack["functions"]["eval"]["environment"]["EXPECTED_MODEL_TYPES"].split(",")) == trainers
 
 
-def _env_calls(tree: ast.AST, fields: dict[str, object], defaults: dict[str, list]) -> None:
-    for node in ast.walk(tree):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id.startswith("env_")
-                and len(node.args) >= 3 and isinstance(node.args[1], ast.Constant)):
-            continue
-        default = node.args[2]
-        if isinstance(default, ast.Constant):
-            defaults.setdefault(node.args[1].value, []).append(default.value)
-        elif isinstance(default, ast.Attribute) and default.attr in fields:  # cls.max_inflight
-            defaults.setdefault(node.args[1].value, []).append(fields[default.attr])
-
-
 def model_defaults() -> dict[str, list]:
     """The defaults the settings models declare: {NAME: [defaults]} (a tuple spelt "a,b")."""
     from flts.dev.settings_docs import MODELS
@@ -193,22 +181,6 @@ def model_defaults() -> dict[str, list]:
     return defaults
 
 
-def code_defaults() -> dict[str, list]:
-    """The settings models' defaults, and `env_xxx(env, "NAME", <default>)` calls in the code
-    → {NAME: [defaults]}, for literal defaults and for dataclass fields with literal defaults
-    (`cls.queue_maxsize`)."""
-    defaults = model_defaults()
-    for path in code_files():
-        tree = ast.parse(path.read_text())
-        _env_calls(tree, {}, defaults)
-        for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
-            fields = {n.target.id: n.value.value for n in cls.body
-                      if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
-                      and isinstance(n.value, ast.Constant)}
-            _env_calls(cls, fields, defaults)
-    return defaults
-
-
 def same_setting(config_value: str, default: object) -> bool:
     if isinstance(default, bool):
         return config_value.lower() in ({"1", "true", "yes", "on"} if default else {"0", "false", "no", "off"})
@@ -217,23 +189,18 @@ def same_setting(config_value: str, default: object) -> bool:
     return config_value == str(default)
 
 
-def test_default_scan_sees_literal_and_dataclass_defaults_and_conflicts():
-    tree = ast.parse(
-        "class S:\n    size: int = 32\n    def f(cls, env):\n        env_int(env, 'BATCH_SIZE', cls.size)\n"
-        "env_int(env, 'BATCH_SIZE', 256)\nenv_bool(env, 'FLAG', False)\n")
-    defaults: dict[str, list] = {}
-    _env_calls(tree, {}, defaults)
-    _env_calls(next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)), {"size": 32}, defaults)
-    assert sorted(defaults["BATCH_SIZE"]) == [32, 256] and defaults["FLAG"] == [False]
-    assert not all(same_setting("256", d) for d in defaults["BATCH_SIZE"])  # a shared key would fail
+def test_a_knob_whose_defaults_differ_between_functions_could_not_be_shared():
+    defaults = model_defaults()
+    assert sorted(defaults["BATCH_SIZE"]) == [32, 256]  # infer's micro-batch, train's mini-batch
+    assert not all(same_setting("256", d) for d in defaults["BATCH_SIZE"])  # so a shared key would fail
     assert same_setting("0", False) and same_setting("1.0", 1) and not same_setting("yes", False)
 
 
 def test_configmap_values_equal_the_code_defaults_except_cluster_endpoints(knative):
     """One shared value per key: it must mean the code's default to every function that reads it."""
     config = next(o for o in knative if o["kind"] == "ConfigMap")["data"]
-    defaults = code_defaults()
-    assert {"S3_SECURE", "QUEUE_MAXSIZE"} <= set(defaults)  # the scan finds the code's settings
+    defaults = model_defaults()
+    assert {"S3_SECURE", "QUEUE_MAXSIZE"} <= set(defaults)
     differ = {k: (v, defaults[k]) for k, v in config.items() if k in defaults and k not in CLUSTER_SPECIFIC
               and not all(same_setting(v, d) for d in defaults[k])}
     assert not differ, f"ConfigMap value vs code defaults: {differ}"

@@ -24,11 +24,12 @@ from cloudevents.http import CloudEvent
 
 from flts import events, routing
 from flts.dev import infra as fi
-from flts.dev import processes, stack
+from flts.dev import processes
 from flts.dispatcher import Dispatcher
 from flts.dispatcher.producer import EventProducer
 from flts.dispatcher.routes import Routes, Subscription
 from flts.dispatcher.settings import DispatchSettings
+from flts.spec import functions_framework_command
 
 pytestmark = pytest.mark.stack
 
@@ -107,7 +108,7 @@ class FunctionProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> FunctionProcess:
-        command = stack.functions_framework_command(self.source, self.port)
+        command = functions_framework_command(str(self.source), "fn", "127.0.0.1", self.port)
         self.proc = processes.spawn(command, env={"FN_STATE": str(self.state), "THREADS": "4"}, log_path=self.log)
         processes.wait_until(lambda: processes.http_ok(self.url), 60, proc=self.proc, what="the test function",
                              log_path=self.log, interval=0.1)

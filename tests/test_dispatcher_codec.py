@@ -15,13 +15,13 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 
 from flts import events, forecasters, routing
-from flts.delivery import retryable
 from flts.dispatcher.codec import BATCH_CONTENT_TYPE, event_from_kafka, event_to_kafka
 from flts.dispatcher.delivery import reply_events, retry_after_seconds, retry_delay
 from flts.dispatcher.ingress import events_from_request
 from flts.dispatcher.routes import parse_targets, routes_from_table
 from flts.dispatcher.settings import DispatchSettings
 from flts.events import EventError
+from flts.outcomes import retryable
 from flts.settings import ConfigError
 
 

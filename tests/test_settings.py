@@ -9,7 +9,7 @@ from flts.dev.settings_docs import MODELS, render
 from flts.eval.settings import EvalSettings
 from flts.infer.settings import ServingSettings
 from flts.preprocess.settings import PreprocessSettings
-from flts.settings import CommaList, ConfigError, Flag, Settings, Variable, env_int, knob, variables
+from flts.settings import CommaList, ConfigError, Flag, Settings, Variable, knob, variables
 from flts.spec import load
 from flts.storage import StorageSettings
 from flts.train.settings import TrainSettings
@@ -87,10 +87,12 @@ def test_variables_spell_defaults_as_the_environment_does():
                                                                 "host:port of the Kafka broker")
 
 
-def test_one_off_reads_share_the_messages():
-    assert env_int({"N": "4"}, "N", 1, minimum=1) == 4 and env_int({"N": ""}, "N", 1) == 1
-    with pytest.raises(ConfigError, match="N must be an integer >= 1, got '0'"):
-        env_int({"N": "0"}, "N", 1, minimum=1)
+def test_the_front_door_settings_name_their_variable():
+    from flts.dev.frontdoor import FrontdoorSettings
+
+    assert FrontdoorSettings.from_env({"FRONTDOOR_MAX_PENDING": "4"}).max_pending == 4
+    with pytest.raises(ConfigError, match="FRONTDOOR_MAX_PENDING must be an integer >= 1, got '0'"):
+        FrontdoorSettings.from_env({"FRONTDOOR_MAX_PENDING": "0"})
 
 
 # ---------------------------------------------------------------- the functions' models

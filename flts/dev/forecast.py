@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import time
+import warnings
 from pathlib import Path
 
 from flts.settings import Env
@@ -40,9 +41,11 @@ def request_body(rows: list[dict[str, str]], timestamp_column: str) -> dict:
 
 
 def serve_one_forecast(env: Env, store: ObjectStore, dataset: str, test_csv: Path) -> dict:
-    from starlette.testclient import TestClient
-
     from flts.infer.app import create_app
+
+    with warnings.catch_warnings():  # starlette asks for httpx2, which nothing else here needs
+        warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+        from starlette.testclient import TestClient
 
     started = time.perf_counter()
     app = create_app({**env, "MODEL_IDENTIFIER": dataset}, store)

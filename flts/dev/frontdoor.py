@@ -31,7 +31,7 @@ import time
 import orjson
 
 from flts.logs import configure, error, log
-from flts.settings import env_float, env_int
+from flts.settings import Settings, knob
 
 _PROBE = b"GET /readyz HTTP/1.1\r\nHost: frontdoor\r\nConnection: close\r\n\r\n"
 STATUS_PATH = b"/_frontdoor/status"
@@ -250,15 +250,22 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+class FrontdoorSettings(Settings):
+    grace_seconds: float = knob("SCALE_TO_ZERO_GRACE_SECONDS", 60.0, "idle seconds before infer is stopped", gt=0)
+    start_timeout_seconds: float = knob("COLD_START_TIMEOUT_SECONDS", 30.0,
+                                        "how long a held request waits for infer to start", gt=0)
+    max_pending: int = knob("FRONTDOOR_MAX_PENDING", 256, "connections held while infer starts; beyond them 503", ge=1)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    env = os.environ
+    settings = FrontdoorSettings.from_env(os.environ)
     parser = argparse.ArgumentParser(prog="python -m flts.dev.frontdoor", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--backend-port", type=int, default=0, help="private port of the infer process (default: a free one)")
-    parser.add_argument("--grace", type=float, default=env_float(env, "SCALE_TO_ZERO_GRACE_SECONDS", 60.0))
-    parser.add_argument("--start-timeout", type=float, default=env_float(env, "COLD_START_TIMEOUT_SECONDS", 30.0))
-    parser.add_argument("--max-pending", type=int, default=env_int(env, "FRONTDOOR_MAX_PENDING", 256, 1))
+    parser.add_argument("--grace", type=float, default=settings.grace_seconds)
+    parser.add_argument("--start-timeout", type=float, default=settings.start_timeout_seconds)
+    parser.add_argument("--max-pending", type=int, default=settings.max_pending)
     parser.add_argument("--workers", type=int, default=1, help="uvicorn worker processes of the infer process")
     return parser
 

@@ -19,6 +19,8 @@ MODELS = {
     "eval": "flts.eval.settings:EvalSettings",
     "infer": "flts.infer.settings:ServingSettings",
     "dispatcher": "flts.dispatcher.settings:DispatchSettings",
+    "frontdoor": "flts.dev.frontdoor:FrontdoorSettings",
+    "logging": "flts.logs:LogSettings",
 }
 
 _BLOCK = re.compile(r"(?P<open><!-- settings:(?P<name>[\w-]+) -->\n).*?(?P<close><!-- /settings:(?P=name) -->)", re.S)

@@ -10,7 +10,7 @@ Knative's KafkaSource + Broker play on a cluster:
 - Settled means: a 2xx (its reply events written to their topics first), or a dead letter
   written to `dlq-<topic>`. 5xx/408/409/429 and connection errors are retried with
   exponential backoff honouring Retry-After, up to DISPATCH_MAX_RETRIES; any other 4xx
-  goes to the dead-letter topic at once (the rule: `flts.delivery`). A message that is not
+  goes to the dead-letter topic at once (the rule: `flts.outcomes`). A message that is not
   a CloudEvent, or whose type the deployment does not take, is dead-lettered too: a poison
   message never blocks a topic.
 - Replies: a binary (or structured) CloudEvent, or an `application/cloudevents-batch+json`

@@ -1,7 +1,7 @@
 """Delivering one event to a function: POST, retry with backoff, read its replies, or write it off.
 
 What a status means (2xx settled, 5xx/408/409/429 retried, any other status dead-lettered)
-is the shared rule of `flts.delivery`. Retries wait `DISPATCH_BACKOFF_BASE_SEC · 2^(attempt-1)`,
+is the shared rule of `flts.outcomes`. Retries wait `DISPATCH_BACKOFF_BASE_SEC · 2^(attempt-1)`,
 capped at DISPATCH_BACKOFF_MAX_SEC; a longer Retry-After wins, capped at DISPATCH_RETRY_AFTER_MAX_SEC.
 
 Dead letters (value, JSON): `{"event": <structured CloudEvent> | null, "error", "attempts",
@@ -21,11 +21,11 @@ from cloudevents import exceptions as ce_errors
 from cloudevents.conversion import to_binary
 from cloudevents.http import from_dict, from_http
 
-from flts.delivery import Outcome, outcome_of_status
 from flts.dispatcher.codec import BATCH_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE, check_attributes, structured_dict
 from flts.dispatcher.settings import DispatchSettings
 from flts.events import EventError
 from flts.logs import warn
+from flts.outcomes import Outcome, outcome_of_status
 
 
 @dataclass

@@ -14,10 +14,10 @@ import orjson
 from cloudevents import exceptions as ce_errors
 from cloudevents.http import from_dict, from_http
 
-from flts.delivery import BAD_EVENT, TOO_LARGE
 from flts.dispatcher.codec import BATCH_CONTENT_TYPE, check_attributes
 from flts.events import MAX_EVENT_BYTES, EventError
 from flts.logs import error
+from flts.outcomes import BAD_EVENT, TOO_LARGE
 
 MAX_BODY_BYTES = 4 * MAX_EVENT_BYTES  # a batch holds several events
 UNAVAILABLE = 503  # Kafka cannot take the events, or the consumers are not ready: come back later

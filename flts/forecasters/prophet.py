@@ -13,7 +13,6 @@ much slower than the ONNX path); prophet itself is imported on first use.
 """
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 import time
@@ -52,7 +51,6 @@ def fit_prophet(train: Split, max_rows: int = 0):
     from prophet import Prophet
 
     _check_tmpdir()
-    logging.getLogger("cmdstanpy").setLevel(logging.WARNING)  # one INFO line per Stan call otherwise
     frame = pd.DataFrame({"ds": train.times.to_numpy(), "y": train.target})
     if max_rows:
         frame = frame.iloc[-max_rows:]

@@ -21,7 +21,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from flts import __version__
-from flts.delivery import BAD_EVENT, error_text, log_failure, status_of_exception
 from flts.events import MAX_EVENT_BYTES
 from flts.infer import prometheus as metrics
 from flts.infer.batcher import Batcher, InferenceFailed, Rejected
@@ -32,6 +31,7 @@ from flts.infer.registry import ModelRegistry
 from flts.infer.settings import ServingSettings
 from flts.infer.v2 import infer_response, model_metadata, parse_infer
 from flts.logs import log, warn
+from flts.outcomes import BAD_EVENT, error_text, log_failure, status_of_exception
 from flts.settings import Env
 from flts.storage import ObjectNotFound, ObjectStore, store_from_env
 
@@ -242,7 +242,7 @@ class InferService:
         try:
             async with self._swap_lock:  # one swap at a time; requests keep flowing meanwhile
                 result = await asyncio.to_thread(apply_event, event, self.store, self.settings, self.registry)
-        except Exception as exc:  # noqa: BLE001 - flts.delivery gives each failure the status that tells the caller
+        except Exception as exc:  # noqa: BLE001 - flts.outcomes gives each failure the status that tells the caller
             if not isinstance(exc, ObjectNotFound):  # that one the handler logged; the current model keeps serving
                 log_failure(event, exc)
             return _json(status_of_exception(exc), {"error": error_text(exc)})

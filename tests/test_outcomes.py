@@ -1,4 +1,4 @@
-"""The shared delivery rule (flts.delivery), and that every place answering for an event agrees on it:
+"""The shared delivery rule (flts.outcomes), and that every place answering for an event agrees on it:
 the functions' HTTP entry, infer's CloudEvent route, the embedded router and the Kafka dispatcher.
 """
 from __future__ import annotations
@@ -10,7 +10,12 @@ from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
 from flts import events, routing
-from flts.delivery import (
+from flts.dispatcher.delivery import deliver
+from flts.dispatcher.settings import DispatchSettings
+from flts.embedded import EmbeddedRouter
+from flts.events import EventError
+from flts.function_http import serve_events
+from flts.outcomes import (
     Outcome,
     SinkError,
     TooLarge,
@@ -20,11 +25,6 @@ from flts.delivery import (
     retryable,
     status_of_exception,
 )
-from flts.dispatcher.delivery import deliver
-from flts.dispatcher.settings import DispatchSettings
-from flts.embedded import EmbeddedRouter
-from flts.events import EventError
-from flts.function_http import serve_events
 from flts.storage import FileStore, InvalidKey, ObjectNotFound
 
 
