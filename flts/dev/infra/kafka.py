@@ -131,15 +131,13 @@ def _format_storage(cfg: InfraConfig, kdir: Path, props: Path) -> None:
 @service.locked("kafka")
 def start_kafka(cfg: InfraConfig) -> int:
     """Start the single-node KRaft broker+controller; return its pid."""
+    ports = [(cfg.kafka_port, "FLTS_KAFKA_PORT"), (cfg.kafka_controller_port, "FLTS_KAFKA_CONTROLLER_PORT")]
+    return service.ensure_started(cfg, "kafka", kafka_bootstrap(cfg), lambda: probe(cfg), ports,
+                                  lambda: _launch(cfg))
+
+
+def _launch(cfg: InfraConfig) -> int:
     name, url = "kafka", kafka_bootstrap(cfg)
-    ready = lambda: probe(cfg)  # noqa: E731
-    if service.already_running(cfg, name, ready, url):
-        return service.read_pid(cfg, name)  # type: ignore[return-value]
-    service.check_ports_free(
-        cfg,
-        name,
-        [(cfg.kafka_port, "FLTS_KAFKA_PORT"), (cfg.kafka_controller_port, "FLTS_KAFKA_CONTROLLER_PORT")],
-    )
     kdir = cfg.service_dir(name)
     data = kdir / "data"
     kdir.mkdir(parents=True, exist_ok=True)
@@ -149,7 +147,7 @@ def start_kafka(cfg: InfraConfig) -> int:
     processes.log_mark(cfg.log_file(name), name)
     if not (data / "meta.properties").exists():
         _format_storage(cfg, kdir, props)
-    return service.launch(cfg, name, _java_cmd(cfg, "kafka.Kafka", str(props)), ready,
+    return service.launch(cfg, name, _java_cmd(cfg, "kafka.Kafka", str(props)), lambda: probe(cfg),
                           f"{url} (controller {cfg.host}:{cfg.kafka_controller_port})")
 
 

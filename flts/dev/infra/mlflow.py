@@ -61,11 +61,11 @@ def _server_env(cfg: InfraConfig) -> dict[str, str]:
 @service.locked("mlflow")
 def start_mlflow(cfg: InfraConfig) -> int:
     """Start the MLflow tracking server on PostgreSQL with proxied S3 artifacts."""
-    name, url = "mlflow", mlflow_uri(cfg)
-    ready = lambda: probe(cfg)  # noqa: E731
-    if service.already_running(cfg, name, ready, url):
-        return service.read_pid(cfg, name)  # type: ignore[return-value]
-    service.check_ports_free(cfg, name, [(cfg.mlflow_port, "FLTS_MLFLOW_PORT")])
+    return service.ensure_started(cfg, "mlflow", mlflow_uri(cfg), lambda: probe(cfg),
+                                  [(cfg.mlflow_port, "FLTS_MLFLOW_PORT")], lambda: _launch(cfg))
+
+
+def _launch(cfg: InfraConfig) -> int:
     # the server needs boto3 for s3:// artifacts and psycopg2 for PostgreSQL (not imported
     # here: importing mlflow costs seconds of CPU that the starting services need)
     missing = [m for m in ("mlflow", "boto3", "psycopg2") if importlib.util.find_spec(m) is None]
@@ -79,5 +79,5 @@ def start_mlflow(cfg: InfraConfig) -> int:
         "--port", str(cfg.mlflow_port),
         "--workers", "1",
     ]
-    processes.log_mark(cfg.log_file(name), name)
-    return service.launch(cfg, name, cmd, ready, url, env=_server_env(cfg))
+    processes.log_mark(cfg.log_file("mlflow"), "mlflow")
+    return service.launch(cfg, "mlflow", cmd, lambda: probe(cfg), mlflow_uri(cfg), env=_server_env(cfg))

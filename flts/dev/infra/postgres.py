@@ -136,27 +136,30 @@ def _pg_ctl_start(cfg: InfraConfig, bindir: Path, pdir: Path, data: Path) -> int
 @service.locked("postgres")
 def start_postgres(cfg: InfraConfig) -> int:
     """Start a private PostgreSQL cluster under the state dir; create the MLflow database."""
-    name, url = "postgres", f"postgresql://{cfg.pg_user}@{cfg.host}:{cfg.pg_port}/{cfg.pg_database}"
-    ready = lambda: probe(cfg)  # noqa: E731
-    if not service.already_running(cfg, name, ready, url):
-        service.check_ports_free(cfg, name, [(cfg.pg_port, "FLTS_PG_PORT")])
-        bindir = _bindir()
-        pdir = cfg.service_dir(name)
-        data = pdir / "data"
-        pdir.mkdir(parents=True, exist_ok=True)
-        _chown_for_pg(cfg, pdir)
-        _check_reachable(cfg, pdir)
-        t0 = time.monotonic()
-        processes.log_mark(cfg.log_file(name), name)
-        _chown_for_pg(cfg, cfg.log_file(name))  # pg_ctl -l: the postmaster appends to it
-        if not (data / "PG_VERSION").exists():
-            _initdb(cfg, bindir, pdir, data)
-        pid = _pg_ctl_start(cfg, bindir, pdir, data)
-        service.write_pid(cfg, name, pid)
-        service.wait_ready(cfg, name, pid, ready)
-        say(f"postgres: ready in {time.monotonic() - t0:.1f}s (pid {pid})")
+    url = f"postgresql://{cfg.pg_user}@{cfg.host}:{cfg.pg_port}/{cfg.pg_database}"
+    pid = service.ensure_started(cfg, "postgres", url, lambda: probe(cfg), [(cfg.pg_port, "FLTS_PG_PORT")],
+                                 lambda: _launch(cfg))
     _create_database(cfg, cfg.pg_database)
-    return service.read_pid(cfg, name)  # type: ignore[return-value]
+    return pid
+
+
+def _launch(cfg: InfraConfig) -> int:
+    name, bindir = "postgres", _bindir()
+    pdir = cfg.service_dir(name)
+    data = pdir / "data"
+    pdir.mkdir(parents=True, exist_ok=True)
+    _chown_for_pg(cfg, pdir)
+    _check_reachable(cfg, pdir)
+    t0 = time.monotonic()
+    processes.log_mark(cfg.log_file(name), name)
+    _chown_for_pg(cfg, cfg.log_file(name))  # pg_ctl -l: the postmaster appends to it
+    if not (data / "PG_VERSION").exists():
+        _initdb(cfg, bindir, pdir, data)
+    pid = _pg_ctl_start(cfg, bindir, pdir, data)
+    service.write_pid(cfg, name, pid)
+    service.wait_ready(cfg, name, pid, lambda: probe(cfg))
+    say(f"postgres: ready in {time.monotonic() - t0:.1f}s (pid {pid})")
+    return pid
 
 
 def _create_database(cfg: InfraConfig, db: str) -> None:

@@ -75,16 +75,17 @@ def _server_cmd(cfg: InfraConfig, creds: S3Credentials) -> tuple[list[str], dict
 @service.locked("s3")
 def start_s3(cfg: InfraConfig) -> int:
     """Start the S3 server (versitygw posix backend; s3proxy fallback) and create the buckets."""
-    name, url = "s3", f"http://{s3_endpoint(cfg)}"
-    ready = lambda: probe(cfg)  # noqa: E731
-    if not service.already_running(cfg, name, ready, url):
-        service.check_ports_free(cfg, name, [(cfg.s3_port, "FLTS_S3_PORT")])
-        cmd, env = _server_cmd(cfg, s3_credentials(cfg))
-        processes.log_mark(cfg.log_file(name), name)
-        server = "s3proxy" if "java" in cmd[0] else Path(cmd[0]).name
-        service.launch(cfg, name, cmd, ready, f"{url} ({server})", env=env)
+    pid = service.ensure_started(cfg, "s3", f"http://{s3_endpoint(cfg)}", lambda: probe(cfg),
+                                 [(cfg.s3_port, "FLTS_S3_PORT")], lambda: _launch(cfg))
     create_buckets(cfg)
-    return service.read_pid(cfg, name)  # type: ignore[return-value]
+    return pid
+
+
+def _launch(cfg: InfraConfig) -> int:
+    cmd, env = _server_cmd(cfg, s3_credentials(cfg))
+    processes.log_mark(cfg.log_file("s3"), "s3")
+    server = "s3proxy" if "java" in cmd[0] else Path(cmd[0]).name
+    return service.launch(cfg, "s3", cmd, lambda: probe(cfg), f"http://{s3_endpoint(cfg)} ({server})", env=env)
 
 
 def create_buckets(cfg: InfraConfig, names: list[str] | None = None) -> list[str]:

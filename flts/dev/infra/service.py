@@ -110,6 +110,15 @@ def already_running(cfg: InfraConfig, name: str, probe: Callable[[], bool], url:
     return True
 
 
+def ensure_started(cfg: InfraConfig, name: str, url: str, probe: Callable[[], bool], ports: list[tuple[int, str]],
+                   start: Callable[[], object]) -> int:
+    """The pid of our running service `name`; when none runs, its ports must be free and `start()` starts it."""
+    if not already_running(cfg, name, probe, url):
+        check_ports_free(cfg, name, ports)
+        start()
+    return read_pid(cfg, name)  # type: ignore[return-value]
+
+
 def spawn(cfg: InfraConfig, name: str, command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start service ``name`` detached in ``<state>/<name>``, output appended to its log, pid file written."""
     proc = processes.spawn(command, env=env, cwd=cfg.service_dir(name), log_path=cfg.log_file(name))
