@@ -38,3 +38,20 @@ def make_windows(features: np.ndarray, target: np.ndarray, input_len: int, outpu
     x = np.ascontiguousarray(view.transpose(0, 2, 1), dtype=np.float32)
     y_view = np.lib.stride_tricks.sliding_window_view(target[input_len:], output_len)[:n]
     return x, np.ascontiguousarray(y_view, dtype=np.float32)
+
+
+def lookback_rows(train_times, test_times, needed: int) -> int:
+    """How many training rows go before the test split when it is scored: `needed` (the longest
+    input window) when the test split directly follows the training split on its grid, so that
+    every test row can be a forecast target; 0 when the test file stands alone (the paper's
+    convention: its first `needed` rows are inputs only).
+
+    train_times / test_times: datetime64 sequences in time order.
+    """
+    import pandas as pd  # numpy-only callers (infer) never get here
+
+    train_times, test_times = pd.Series(pd.to_datetime(train_times)), pd.Series(pd.to_datetime(test_times))
+    if len(train_times) < max(needed, 2) or test_times.empty:
+        return 0
+    step = train_times.diff().dropna().median()
+    return needed if test_times.iloc[0] - train_times.iloc[-1] == step else 0

@@ -430,7 +430,7 @@ def test_real_trainers_then_eval_promote_one_servable_model(env):
 
     # Tiny training: this checks the contract, not accuracy (benchmarks/accuracy.py does that).
     pipeline_env = {**env, "EPOCHS": "2", "HIDDEN_SIZE": "4", "BATCH_SIZE": "128", "INPUT_SEQ_LEN": "6",
-                    "OUTPUT_SEQ_LEN": "2", "TORCH_THREADS": "1"}
+                    "HORIZON": "2", "TORCH_THREADS": "1"}
     store = FileStore(pipeline_env["FLTS_OBJECT_DIR"])
     store.ensure_bucket("raw-data")
     store.put_bytes("raw-data", "walk/data.csv", random_walk_csv(rows=600))

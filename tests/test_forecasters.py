@@ -94,7 +94,7 @@ def test_every_family_round_trips(name, tmp_path):
     family = forecasters.family(name)
     train, test = frames()
     settings = TrainSettings.from_env({"MODEL_TYPE": name, "TARGET_COLUMN": "load", "INPUT_SEQ_LEN": str(IN_LEN),
-                                       "OUTPUT_SEQ_LEN": str(OUT_LEN), "EPOCHS": "2", "HIDDEN_SIZE": "4"})
+                                       "HORIZON": str(OUT_LEN), "EPOCHS": "2", "HIDDEN_SIZE": "4"})
     claim = DataClaim(bucket="b", object_key="k", config_hash="0123456789abcdef", identifier="unit")
     metrics, _ = fit_and_write(Job(claim, settings, "load", "time", "e"), train_data(train, test), tmp_path)
 

@@ -139,7 +139,8 @@ def test_bad_input_is_a_clear_4xx_and_the_server_keeps_serving(store, window):
         (orjson.dumps(_mutated(window, time=(5, "yesterday"))), 400, "not an ISO 8601 timestamp"),
         (orjson.dumps(_mutated(window, time=(5, window["data"]["time"][4]))), 400, "row 5 is duplicate"),
         (orjson.dumps(_mutated(window, time=(5, "2000-01-01 00:00:00"))), 400, "unsorted"),
-        (orjson.dumps({"data": {k: v[:4] for k, v in window["data"].items()}}), 400, "at least 10"),
+        (orjson.dumps({"data": {k: v[:4] for k, v in window["data"].items()}}), 400,
+         "4 rows are too few: the model needs at least 10 rows of history"),
         (orjson.dumps({"data": {k: v for k, v in window["data"].items() if k not in ("up", "rb_up")}}), 400,
          "missing columns ['up', 'rb_up']"),
         (orjson.dumps({**window, "inference_length": 99}), 400, "'inference_length' must be an integer from 1 to 3"),
@@ -291,7 +292,8 @@ def test_health_readiness_and_metrics(file_store, window):
         assert httpx.post(url + "/predict", json=window).status_code == 503
         pointer = promote(file_store, persistence_onnx(L, len(LTE_FEATURES), M, TARGET_INDEX))
         assert post_event(url, events.MODEL_SELECTED, pointer).status_code == 202
-        assert httpx.get(url + "/readyz").json()["model"]["run_id"] == "run-1"
+        served = httpx.get(url + "/readyz").json()["model"]
+        assert served["run_id"] == "run-1" and (served["history_rows"], served["horizon"]) == (L, M)
         assert httpx.post(url + "/predict", json=window).status_code == 200
         text = httpx.get(url + "/metrics").text
         for family in ("flts_infer_requests_total", "flts_infer_request_seconds_bucket", "flts_infer_inflight",

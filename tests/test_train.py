@@ -187,7 +187,7 @@ def test_scaling_lives_in_the_graph(env, tmp_path):
 
 def test_multi_step_output(env, tmp_path):
     train, test = sine_frames()
-    data = succeeded(handle(claim_event(env, train, test, target="load"), {**env, "OUTPUT_SEQ_LEN": "3",
+    data = succeeded(handle(claim_event(env, train, test, target="load"), {**env, "HORIZON": "3",
                                                                             "INPUT_SEQ_LEN": "12"}))
     signature = orjson.loads(download(env, data["run_id"], "GRU/signature.json", tmp_path).read_bytes())
     assert (signature["input_seq_len"], signature["output_seq_len"]) == (12, 3)

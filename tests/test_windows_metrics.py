@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from flts.metrics import WEIGHTS, TargetScale, regression_metrics, score
@@ -135,3 +136,12 @@ def test_lower_score_is_the_better_model():
     close = regression_metrics(truth, truth + 0.1, scale)["score"]
     far = regression_metrics(truth, truth + 2.0, scale)["score"]
     assert close < far
+
+
+def test_lookback_comes_from_the_training_tail_only_when_the_test_split_follows_it():
+    from flts.windows import lookback_rows
+
+    times = pd.date_range("2020-01-01", periods=100, freq="h")
+    assert lookback_rows(times[:80], times[80:], 24) == 24  # next grid step: every test row is a target
+    assert lookback_rows(times[:80], times[81:], 24) == 0  # a gap: the test file stands alone
+    assert lookback_rows(times[:10], times[10:], 24) == 0  # too little training history to lend

@@ -201,6 +201,8 @@ class InferService:
         spec = model.spec
         return _json(200, {"status": "ready", "model": {
             **model.info.labels(), "input_seq_len": spec.input_seq_len, "output_seq_len": spec.output_seq_len,
+            # the serving contract in words: send at least history_rows rows, get up to horizon steps
+            "history_rows": spec.input_seq_len, "horizon": spec.output_seq_len,
             "feature_columns": list(spec.feature_columns), "target": spec.target,
             "timestamp_column": spec.timestamp_column, "frequency_seconds": spec.frequency_seconds,
         }, "served": self.registry.names(), "workers": self.batcher.workers,

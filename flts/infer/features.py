@@ -193,7 +193,8 @@ def parse_predict(body, spec: InputSpec, max_rows: int) -> Window:
     wall, instants, tz, sep = parse_timestamps(data[index_col], index_col)
     rows = len(wall)
     if rows < spec.input_seq_len:
-        raise RequestError(f"{rows} rows are too few: the model needs at least {spec.input_seq_len}")
+        raise RequestError(f"{rows} rows are too few: the model needs at least {spec.input_seq_len} rows of history "
+                           f"(GET /readyz: model.history_rows)")
     if rows > max_rows:
         raise RequestError(f"{rows} rows are more than the limit of {max_rows} (MAX_ROWS)", status=413)
     check_order(instants, index_col)

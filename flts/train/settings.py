@@ -17,7 +17,7 @@ class TrainSettings(DataColumns, Tracking):
     model_type: str = knob("MODEL_TYPE", "", f"the model family this deployment trains, one of "
                                              f"{', '.join(forecasters.names())} (set per deployment)")
     input_seq_len: int = knob("INPUT_SEQ_LEN", 10, "rows in one input window", ge=1)
-    output_seq_len: int = knob("OUTPUT_SEQ_LEN", 1, "target values forecast from one window", ge=1)
+    output_seq_len: int = knob("HORIZON", 1, "steps ahead one forecast covers (every step is returned)", ge=1)
     hidden_size: int = knob("HIDDEN_SIZE", 32, "GRU/LSTM: units per recurrent layer", ge=1)
     num_layers: int = knob("NUM_LAYERS", 1, "GRU/LSTM: recurrent layers", ge=1)
     dropout: float = knob("DROPOUT", 0.0, "GRU/LSTM: dropout between recurrent layers", ge=0, lt=1)
