@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from cloudevents.http import CloudEvent
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DATASET_READY = "flts.dataset.ready"
 TRAINING_DATA = "flts.training-data"
@@ -71,6 +71,24 @@ class ModelTraining(_Data):
     test_object_key: str | None = None
 
 
+class PredictionIntervals(_Data):
+    """Split-conformal intervals: at `levels[i]`, the true value lies within forecast ± half_widths[i][h]
+    at horizon step h+1 (absolute residuals of the validation windows, original units)."""
+
+    levels: list[float] = Field(min_length=1)
+    half_widths: list[list[float]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_row_per_level(self) -> PredictionIntervals:
+        if not all(0 < level < 1 for level in self.levels):
+            raise ValueError(f"levels must lie between 0 and 1, got {self.levels}")
+        if len(self.half_widths) != len(self.levels) or not all(self.half_widths):
+            raise ValueError("half_widths needs one non-empty row per level")
+        if len({len(row) for row in self.half_widths}) != 1:
+            raise ValueError("every level's half_widths row needs one value per horizon step")
+        return self
+
+
 class PromotionPointer(_Data):
     """Stored as JSON in the promotion bucket and carried by `flts.model-selected`."""
 
@@ -96,6 +114,7 @@ class PromotionPointer(_Data):
     target: str | None = None
     timestamp_column: str | None = None
     frequency_seconds: float | None = None
+    intervals: PredictionIntervals | None = None
 
 
 EVENT_MODELS: dict[str, type[BaseModel]] = {

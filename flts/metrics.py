@@ -7,6 +7,7 @@ scaled target, lowest wins. Original-unit RMSE/MAE, NRMSE (= RMSE / mean(y)) and
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,3 +59,18 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, scale: TargetScal
     }
     metrics["score"] = score(metrics)
     return metrics
+
+
+def conformal_half_widths(y_true: np.ndarray, y_pred: np.ndarray, levels: list[float]) -> list[list[float]]:
+    """Split-conformal interval half-widths per level and horizon step, original units.
+
+    From n held-out windows [n, steps]: at level a, the ceil((n+1)·a)-th smallest absolute
+    residual of each step (the finite-sample conformal quantile; the largest residual when
+    n is too small for the level), so that forecast ± half-width covers a new value with
+    probability >= a when errors are exchangeable.
+    """
+    residuals = np.sort(np.abs(np.asarray(y_pred, np.float64) - np.asarray(y_true, np.float64)), axis=0)
+    n = len(residuals)
+    if n == 0:
+        raise ValueError("no held-out windows to calibrate intervals on")
+    return [residuals[min(n, math.ceil((n + 1) * level)) - 1].tolist() for level in levels]

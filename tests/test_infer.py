@@ -18,7 +18,7 @@ from flts.dev.forecast import last_rows, request_body
 from flts.dev.testing import LTE_FEATURES, persistence_onnx, promote, running_server
 from flts.infer import prometheus as metrics
 from flts.infer.app import create_app
-from flts.infer.model import load_model
+from flts.infer.model import ModelError, load_model
 from flts.infer.registry import ModelRegistry
 from flts.infer.settings import ServingSettings
 
@@ -407,3 +407,32 @@ def test_registry_keeps_the_pinned_default_and_its_bound(store):
     assert registry.names() == ["Other", "PobleSec"]  # MAX_MODELS=2: the oldest non-default left the table
     older = promote(store, onnx, identifier="Other", run_id="run-older", write_pointer=False, timestamp="2000-01-01T00:00:00Z")
     assert serving_events.swap_model(store, older, settings, registry)["status"] == "skipped"
+
+
+# ---------------------------------------------------------------- prediction intervals
+def test_predict_and_v2_return_the_pointers_conformal_bounds_per_level(file_store, window):
+    half_widths = [[10.0, 20.0, 30.0], [40.0, 50.0, 60.0]]
+    promote(file_store, persistence_onnx(L, len(LTE_FEATURES), M, TARGET_INDEX),
+            intervals={"levels": [0.8, 0.95], "half_widths": half_widths})
+    with running_server(create_app(env_for(file_store), file_store)) as url:
+        assert httpx.get(url + "/readyz").json()["model"]["interval_levels"] == [0.8, 0.95]
+        predictions = httpx.post(url + "/predict", json=window).json()["predictions"]
+        for step, p in enumerate(predictions):
+            assert p["lower_80"] == pytest.approx(p["down"] - half_widths[0][step])
+            assert p["upper_95"] == pytest.approx(p["down"] + half_widths[1][step])
+        x = np.zeros((2, L, len(LTE_FEATURES)), np.float32)
+        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+        outputs = {o["name"]: o for o in httpx.post(url + "/v2/models/PobleSec/infer", json=body).json()["outputs"]}
+        assert sorted(outputs) == ["forecast", "forecast_lower_80", "forecast_lower_95", "forecast_upper_80",
+                                   "forecast_upper_95"]
+        forecast, upper = np.array(outputs["forecast"]["data"]), np.array(outputs["forecast_upper_95"]["data"])
+        np.testing.assert_allclose(upper - forecast, np.tile(half_widths[1], 2), rtol=1e-5)
+        metadata = httpx.get(url + "/v2/models/PobleSec").json()
+        assert [o["name"] for o in metadata["outputs"]] == list(outputs)
+
+
+def test_intervals_for_another_horizon_are_refused_naming_both(file_store):
+    pointer = promote(file_store, persistence_onnx(L, len(LTE_FEATURES), M, TARGET_INDEX),
+                      intervals={"levels": [0.9], "half_widths": [[1.0, 2.0]]})
+    with pytest.raises(ModelError, match="intervals cover 2 steps, the model forecasts 3"):
+        load_model(file_store, pointer, ServingSettings())

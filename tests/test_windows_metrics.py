@@ -145,3 +145,25 @@ def test_lookback_comes_from_the_training_tail_only_when_the_test_split_follows_
     assert lookback_rows(times[:80], times[80:], 24) == 24  # next grid step: every test row is a target
     assert lookback_rows(times[:80], times[81:], 24) == 0  # a gap: the test file stands alone
     assert lookback_rows(times[:10], times[10:], 24) == 0  # too little training history to lend
+
+
+@pytest.mark.parametrize("level", [0.8, 0.95])
+def test_conformal_intervals_cover_new_data_at_their_level(level):
+    """Gaussian noise of known scale: half-widths near the true quantile, coverage near nominal."""
+    from flts.metrics import conformal_half_widths
+
+    rng = np.random.default_rng(7)
+    sigma = np.array([1.0, 3.0])  # noise grows with the horizon step
+    calibration, fresh = rng.normal(0, sigma, (2000, 2)), rng.normal(0, sigma, (20000, 2))
+    half = np.array(conformal_half_widths(calibration, np.zeros_like(calibration), [level])[0])
+    z = {0.8: 1.2816, 0.95: 1.9600}[level]
+    np.testing.assert_allclose(half, z * sigma, rtol=0.08)
+    coverage = np.mean(np.abs(fresh) <= half, axis=0)
+    assert np.all(np.abs(coverage - level) < 0.02), coverage
+
+
+def test_conformal_intervals_need_windows():
+    from flts.metrics import conformal_half_widths
+
+    with pytest.raises(ValueError, match="no held-out windows"):
+        conformal_half_widths(np.zeros((0, 1)), np.zeros((0, 1)), [0.9])

@@ -56,7 +56,8 @@ def promote(store: ObjectStore, model_bytes: bytes, *, identifier: str = "PobleS
             input_seq_len: int = 10, output_seq_len: int = 3, feature_columns=LTE_FEATURES, target: str = "down",
             frequency_seconds: float | None = 120.0, model_type: str = "GRU", artifact_format: str = "onnx",
             promotion_bucket: str = "model-promotion", artifact_bucket: str = "mlflow",
-            timestamp: str | None = None, write_pointer: bool = True) -> PromotionPointer:
+            timestamp: str | None = None, write_pointer: bool = True,
+            intervals: dict | None = None) -> PromotionPointer:
     """Store an artifact and its pointer where eval puts them; returns the pointer."""
     config_hash = "c0ffee" + run_id.encode().hex()[:10].ljust(10, "0")
     artifact_key = f"models/{identifier}/{run_id}/{forecasters.artifact_format(artifact_format).model_file}"
@@ -68,7 +69,7 @@ def promote(store: ObjectStore, model_bytes: bytes, *, identifier: str = "PobleS
         timestamp=timestamp or datetime.now(UTC).isoformat(), weights={"rmse": 0.5, "mae": 0.3, "mse": 0.2},
         artifact_bucket=artifact_bucket, artifact_key=artifact_key, artifact_format=artifact_format,
         input_seq_len=input_seq_len, output_seq_len=output_seq_len, feature_columns=list(feature_columns),
-        target=target, timestamp_column="time", frequency_seconds=frequency_seconds,
+        target=target, timestamp_column="time", frequency_seconds=frequency_seconds, intervals=intervals,
     )
     if write_pointer:
         store.ensure_bucket(promotion_bucket)

@@ -24,7 +24,7 @@ from flts import __version__
 from flts.events import MAX_EVENT_BYTES
 from flts.infer import prometheus as metrics
 from flts.infer.batcher import Batcher, InferenceFailed, Rejected
-from flts.infer.features import RequestError, format_forecast_times, parse_predict
+from flts.infer.features import RequestError, format_forecast_times, parse_predict, with_intervals
 from flts.infer.handler import apply_event, mark_served
 from flts.infer.model import resolve_and_load
 from flts.infer.registry import ModelRegistry
@@ -171,12 +171,15 @@ class InferService:
             times = format_forecast_times(window)
             out = await self._infer(model, window.x[None], np.array([window.last_wall]), np.array([window.step_seconds]))
             target, info = model.spec.target, model.info
-            values = out[0, :window.steps].tolist()
+            forecast = out[0, :window.steps]
+            columns = {name: values.tolist() for name, values in
+                       {target: forecast, **with_intervals(forecast, model.spec)}.items()}
             status = 200
             return _json(200, {
                 "status": "SUCCESS", "identifier": info.identifier, "model_type": info.model_type,
                 "run_id": info.run_id, "config_hash": info.config_hash,
-                "predictions": [{"ts": ts, target: v} for ts, v in zip(times, values, strict=True)],
+                "predictions": [{"ts": ts, **{name: values[i] for name, values in columns.items()}}
+                                for i, ts in enumerate(times)],
             })
         except RequestError as exc:
             status = exc.status
@@ -203,6 +206,7 @@ class InferService:
             **model.info.labels(), "input_seq_len": spec.input_seq_len, "output_seq_len": spec.output_seq_len,
             # the serving contract in words: send at least history_rows rows, get up to horizon steps
             "history_rows": spec.input_seq_len, "horizon": spec.output_seq_len,
+            "interval_levels": [level for level, _ in spec.intervals],
             "feature_columns": list(spec.feature_columns), "target": spec.target,
             "timestamp_column": spec.timestamp_column, "frequency_seconds": spec.frequency_seconds,
         }, "served": self.registry.names(), "workers": self.batcher.workers,

@@ -36,6 +36,8 @@ class InputSpec:
     target: str
     timestamp_column: str = "time"
     frequency_seconds: float | None = None
+    # (level, half-width per horizon step): split-conformal, from the pointer (eval computed them)
+    intervals: tuple[tuple[float, tuple[float, ...]], ...] = ()
 
     @property
     def raw_columns(self) -> tuple[str, ...]:
@@ -116,6 +118,22 @@ def format_forecast_times(window: Window) -> list[str]:
     except OverflowError:
         raise RequestError("the forecast timestamps would pass the year 9999") from None
     return out
+
+
+def interval_name(level: float) -> str:
+    """0.8 → "80", 0.975 → "97.5": the suffix of lower_/upper_ keys and v2 output names."""
+    return f"{level * 100:g}"
+
+
+def with_intervals(forecast: np.ndarray, spec: InputSpec) -> dict[str, np.ndarray]:
+    """{"lower_80": ..., "upper_80": ...} around forecast [..., steps], one pair per level."""
+    steps = forecast.shape[-1]
+    bounds = {}
+    for level, half_widths in spec.intervals:
+        half = np.asarray(half_widths[:steps], dtype=forecast.dtype)
+        bounds[f"lower_{interval_name(level)}"] = forecast - half
+        bounds[f"upper_{interval_name(level)}"] = forecast + half
+    return bounds
 
 
 # ---------------------------------------------------------------- numbers

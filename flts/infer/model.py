@@ -84,7 +84,17 @@ def input_spec(pointer: PromotionPointer, signature: dict, artifact_format: Arti
         target=str(field("target")),
         timestamp_column=str(field("timestamp_column") or "time"),
         frequency_seconds=float(field("frequency_seconds")) if field("frequency_seconds") else None,
+        intervals=_intervals(pointer, int(field("output_seq_len"))),
     )
+
+
+def _intervals(pointer: PromotionPointer, horizon: int) -> tuple[tuple[float, tuple[float, ...]], ...]:
+    if pointer.intervals is None:
+        return ()
+    if len(pointer.intervals.half_widths[0]) != horizon:
+        raise ModelError(f"the pointer's intervals cover {len(pointer.intervals.half_widths[0])} steps, "
+                         f"the model forecasts {horizon}")
+    return tuple(zip(pointer.intervals.levels, map(tuple, pointer.intervals.half_widths), strict=True))
 
 
 def _signature(store: ObjectStore, pointer: PromotionPointer) -> dict:

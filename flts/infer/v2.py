@@ -11,7 +11,7 @@ import numpy as np
 
 from flts import forecasters
 from flts.forecasters.onnx import INPUT_NAME, OUTPUT_NAME
-from flts.infer.features import RequestError
+from flts.infer.features import RequestError, with_intervals
 from flts.infer.model import ServedModel
 
 
@@ -23,7 +23,8 @@ def model_metadata(model: ServedModel) -> dict:
         "platform": forecasters.artifact_format(model.info.artifact_format).platform,
         "inputs": [{"name": INPUT_NAME, "datatype": "FP32",
                     "shape": [-1, spec.input_seq_len, len(spec.feature_columns)]}],
-        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, spec.output_seq_len]}],
+        "outputs": [{"name": name, "datatype": "FP32", "shape": [-1, spec.output_seq_len]}
+                    for name in (OUTPUT_NAME, *_bound_names(spec))],
         "parameters": {"feature_columns": list(spec.feature_columns), "target": spec.target,
                        "model_type": model.info.model_type, "config_hash": model.info.config_hash},
     }
@@ -74,12 +75,19 @@ def _flatten(data: list, depth: int = 0) -> list:
     return out
 
 
+def _bound_names(spec) -> list[str]:
+    """forecast_lower_80, forecast_upper_80, ...: the interval bounds, one pair per level."""
+    return [f"{OUTPUT_NAME}_{name}" for name in with_intervals(np.zeros((1, spec.output_seq_len)), spec)]
+
+
 def infer_response(model: ServedModel, forecast: np.ndarray, request_id: str | None) -> dict:
+    tensors = {OUTPUT_NAME: forecast, **{f"{OUTPUT_NAME}_{name}": bound
+                                         for name, bound in with_intervals(forecast, model.spec).items()}}
     response = {
         "model_name": model.info.identifier,
         "model_version": model.info.run_id,
-        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(forecast.shape),
-                     "data": forecast.ravel().tolist()}],
+        "outputs": [{"name": name, "datatype": "FP32", "shape": list(tensor.shape), "data": tensor.ravel().tolist()}
+                    for name, tensor in tensors.items()],
     }
     if request_id is not None:
         response["id"] = request_id
