@@ -52,6 +52,7 @@ def env(tmp_path, mlflow_template) -> dict:
         "MLFLOW_ARTIFACT_ROOT": str(tmp_path / "mlartifacts"),
         "PROMOTION_SEARCH_RETRIES": "2",
         "PROMOTION_SEARCH_DELAY_SEC": "0.01",
+        "EXPECTED_MODEL_TYPES": "GRU,LSTM,PROPHET",  # these tests' candidates, whatever else is registered
     }
 
 
@@ -330,10 +331,42 @@ def test_expected_types_setting_decides_when_to_promote(env):
 
 # ---------------------------------------------------------------- bad or ignored events
 
-def test_running_and_failed_events_are_ignored(env):
+def test_running_events_and_failures_mlflow_never_recorded_are_ignored(env):
     claim = preprocess_dataset(env)
     for status in ("RUNNING", "FAILED"):
         assert handle(training_event(claim, "GRU", None, "x", status=status), env) == []
+
+
+def failed_run(env: dict, claim: events.DataClaim, model_type: str):
+    """A run MLflow recorded FAILED, as the trainer leaves one; returns its FAILED event."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    name = f"flts-{claim.identifier}"
+    exp = client.get_experiment_by_name(name)
+    exp_id = exp.experiment_id if exp else client.create_experiment(name)
+    run_id = client.create_run(exp_id, tags={"config_hash": claim.config_hash, "model_type": model_type}).info.run_id
+    client.set_terminated(run_id, "FAILED")
+    return training_event(claim, model_type, run_id, name, status="FAILED")
+
+
+def test_a_family_that_failed_settles_its_type_and_the_rest_compete(env, capsys):
+    claim = preprocess_dataset(env)
+    gru, lstm = log_run(env, claim, "GRU", 1.0), log_run(env, claim, "LSTM", 0.7)
+    assert handle(gru, env) == [] and handle(lstm, env) == []  # PROPHET has not settled yet
+    prophet = failed_run(env, claim, "PROPHET")
+    [selected] = handle(prophet, env)  # the failure is the last to settle: its event promotes
+    assert selected.data["model_type"] == "GRU"
+    present = log_lines(capsys.readouterr().err, "promotion_all_models_present")[-1]
+    assert present["failed"] == ["PROPHET"] and sorted(present["runs"]) == ["GRU", "LSTM"]
+
+
+def test_when_every_family_failed_nothing_is_promoted(env, capsys):
+    claim = preprocess_dataset(env)
+    failures = [failed_run(env, claim, t) for t in ("GRU", "LSTM", "PROPHET")]
+    assert handle(failures[-1], env) == [] and promotion_keys(env) == []
+    [impossible] = log_lines(capsys.readouterr().err, "promotion_impossible")
+    assert impossible["failed"] == ["GRU", "LSTM", "PROPHET"]
 
 
 @pytest.mark.parametrize("change, problem", [

@@ -302,6 +302,15 @@ def test_missing_object_fails_the_run(env, lte_dir):
     assert f"object not found: {BUCKET}/{event.data['test_object_key']}" in failed(handle(event, env))
 
 
+def test_bad_data_is_a_failed_run_eval_can_settle_on(env, lte_dir):
+    """The run exists before the data is read: its FAILED event names it, so eval can promote the rest."""
+    train, test = lte_frames(lte_dir, train_rows=100, test_rows=30)
+    out = list(handle(claim_event(env, train, test.drop(columns=["up"])), env))
+    assert out[-1].data["status"] == "FAILED" and out[-1].data["run_id"]
+    run = mlflow_client(env).get_run(out[-1].data["run_id"])
+    assert run.info.status == "FAILED" and "lacks column(s) ['up']" in run.data.tags["error"]
+
+
 def test_too_few_rows_for_validation(env, lte_dir):
     train, test = lte_frames(lte_dir, train_rows=14, test_rows=30)
     error = failed(handle(claim_event(env, train, test), {**env, "VAL_FRACTION": "0.5"}))

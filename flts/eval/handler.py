@@ -32,6 +32,7 @@ from flts.storage import ObjectNotFound, ObjectStore, get_json, put_json, store_
 
 FUNCTION = "eval"
 CHAMPION_ALIAS = "champion"
+SETTLED = ("FINISHED", "FAILED")  # run statuses that end a model type's training for a config hash
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 # MLflow draws download progress bars on stderr, which would break the JSON-line logs.
@@ -46,13 +47,15 @@ class Candidate:
     experiment: str
     reported: dict  # the trainer's own metrics, shown beside ours on the scoreboard
     end_time: int = 0
+    failed: bool = False  # MLflow recorded the run FAILED: it settles its type but does not compete
 
 
 # ---------------------------------------------------------------- the handler
 
 def handle(event, env: Env) -> list:
     request: ModelTraining = events.parse_data(event, (events.MODEL_TRAINING,))
-    if request.status != "SUCCESS":
+    if request.status == "RUNNING" or (request.status == "FAILED" and not request.run_id):
+        # A FAILED run that MLflow never recorded cannot be the last of a set; nothing to settle.
         log("promotion_ignore", reason=f"status {request.status}", model_type=request.model_type,
             run_id=request.run_id, config_hash=request.config_hash, identifier=request.identifier)
         return []
@@ -71,7 +74,7 @@ def handle(event, env: Env) -> list:
 
 def _check_request(request: ModelTraining) -> None:
     if not request.run_id:
-        raise EventError("flts.model-training: a SUCCESS event needs 'run_id'")
+        raise EventError(f"flts.model-training: a {request.status} event needs 'run_id'")
     # Both go into object keys and MLflow filter strings: refuse anything but plain names.
     for field in ("identifier", "config_hash"):
         value = getattr(request, field)
@@ -88,16 +91,17 @@ def mlflow_client(tracking_uri: str):
 # ---------------------------------------------------------------- which runs
 
 def find_candidates(client, request: ModelTraining, settings: EvalSettings) -> list[Candidate] | None:
-    """The newest FINISHED run per expected type, or None (logged) while some are missing or
-    when this event's run is not the last of them to finish (that run's event promotes).
+    """The newest FINISHED run of every expected type that did not fail, or None (logged) while
+    some type has not settled (finished or failed) or when this event's run is not the last of
+    them to settle (that run's event promotes). A failed family is left out; the rest compete.
 
     Only the event's own run may lag behind its event (a remote tracking server), so only
     its absence is worth waiting for; runs of other types that are missing simply have not
-    finished yet, and their own SUCCESS event will come back here.
+    settled yet, and their own event will come back here.
     """
     experiment_name = settings.experiment_for(request)
     for attempt in range(1, settings.search_retries + 1):
-        newest = search_finished(client, experiment_name, request.config_hash, settings.lookback_runs)
+        newest = search_settled(client, experiment_name, request.config_hash, settings.lookback_runs)
         complete = all(t in newest for t in settings.expected_types)
         own_visible = any(c.run_id == request.run_id for c in newest.values())
         if complete or own_visible or attempt == settings.search_retries:
@@ -110,21 +114,27 @@ def find_candidates(client, request: ModelTraining, settings: EvalSettings) -> l
         log("promotion_waiting_for_models", identifier=request.identifier, config_hash=request.config_hash,
             experiment=experiment_name, have=sorted(newest), missing=missing)
         return None
-    candidates = [newest[t] for t in settings.expected_types]
-    last = max(candidates, key=lambda c: (c.end_time, c.run_id))
+    settled = [newest[t] for t in settings.expected_types]
+    last = max(settled, key=lambda c: (c.end_time, c.run_id))
     if request.run_id != last.run_id:
-        # Every trainer's SUCCESS may arrive after all runs finished (the embedded router delivers
-        # breadth-first): only the event of the last run to finish promotes, so one set of runs
+        # Every trainer's event may arrive after all runs settled (the embedded router delivers
+        # breadth-first): only the event of the last run to settle promotes, so one set of runs
         # gives one promotion. Its redelivery re-promotes the same pointer.
         log("promotion_deferred", run_id=request.run_id, config_hash=request.config_hash,
             promoting_run_id=last.run_id, promoting_model_type=last.model_type)
         return None
+    candidates = [c for c in settled if not c.failed]
+    failed = sorted(c.model_type for c in settled if c.failed)
+    if not candidates:
+        error("promotion_impossible", identifier=request.identifier, config_hash=request.config_hash, failed=failed)
+        return None
     log("promotion_all_models_present", identifier=request.identifier, config_hash=request.config_hash,
-        runs={c.model_type: c.run_id for c in candidates})
+        runs={c.model_type: c.run_id for c in candidates}, failed=failed)
     return candidates
 
 
-def search_finished(client, experiment_name: str, config_hash: str, limit: int) -> dict[str, Candidate]:
+def search_settled(client, experiment_name: str, config_hash: str, limit: int) -> dict[str, Candidate]:
+    """The newest FINISHED or FAILED run per model type of a config hash."""
     experiment = client.get_experiment_by_name(experiment_name)
     if experiment is None and experiment_name.isdigit():  # an event may carry the experiment id
         experiment = _experiment_by_id(client, experiment_name)
@@ -132,16 +142,17 @@ def search_finished(client, experiment_name: str, config_hash: str, limit: int) 
         return {}
     runs = client.search_runs(
         [experiment.experiment_id],
-        filter_string=f"tags.config_hash = '{config_hash}' and attributes.status = 'FINISHED'",
+        filter_string=f"tags.config_hash = '{config_hash}'",
         order_by=["attributes.start_time DESC"],
         max_results=limit,
     )
     newest: dict[str, Candidate] = {}
-    for run in runs:  # newest first: the first run seen per type is the one that counts
+    for run in runs:  # newest first: the first settled run seen per type is the one that counts
         model_type = (run.data.tags.get("model_type") or run.data.params.get("model_type") or "").upper()
-        if model_type and model_type not in newest:
+        if model_type and model_type not in newest and run.info.status in SETTLED:
             newest[model_type] = Candidate(run.info.run_id, model_type, run.info.start_time or 0,
-                                           experiment.name, dict(run.data.metrics), run.info.end_time or 0)
+                                           experiment.name, dict(run.data.metrics), run.info.end_time or 0,
+                                           failed=run.info.status == "FAILED")
     return newest
 
 

@@ -42,9 +42,10 @@ class Job:
 
 @dataclass(frozen=True)
 class Outcome:
-    run_id: str
+    run_id: str | None  # None: it failed before MLflow had a run
     metrics: dict[str, float]
     deduplicated: bool = False
+    error: str | None = None  # set when it failed
 
 
 def handle(event, env: Env) -> Iterator:
@@ -64,17 +65,24 @@ def handle(event, env: Env) -> Iterator:
     try:
         outcome = train(job, env)
     except Exception as exc:  # noqa: BLE001 - every failure is announced, none escapes
-        expected = isinstance(exc, TrainError)  # bad data or a failed check: the message says it all
-        message = (str(exc) if expected else f"{type(exc).__name__}: {exc}")[:MAX_ERROR_CHARS]
-        error("train_failed", model_type=settings.model_type, identifier=claim.identifier,
-              config_hash=claim.config_hash, error=message,
-              **({} if expected else {"traceback": traceback.format_exc(limit=8)}))
-        yield _event(job, "FAILED", error=message)
+        outcome = Outcome(None, {}, error=_failure(job, exc))
+    if outcome.error:  # with the run id when MLflow recorded the run: eval then promotes among the rest
+        yield _event(job, "FAILED", run_id=outcome.run_id, error=outcome.error)
         return
     log("train_success_publish", model_type=settings.model_type, identifier=claim.identifier,
         config_hash=claim.config_hash, run_id=outcome.run_id, experiment=job.experiment,
         deduplicated=outcome.deduplicated, metrics=outcome.metrics)
     yield _event(job, "SUCCESS", run_id=outcome.run_id, metrics=outcome.metrics, deduplicated=outcome.deduplicated)
+
+
+def _failure(job: Job, exc: Exception) -> str:
+    """The FAILED event's message (logged too): bad data or a failed check says it all, else the type and a traceback."""
+    expected = isinstance(exc, TrainError)
+    message = (str(exc) if expected else f"{type(exc).__name__}: {exc}")[:MAX_ERROR_CHARS]
+    error("train_failed", model_type=job.settings.model_type, identifier=job.claim.identifier,
+          config_hash=job.claim.config_hash, error=message,
+          **({} if expected else {"traceback": traceback.format_exc(limit=8)}))
+    return message
 
 
 def _event(job: Job, status: str, **extra):
@@ -86,12 +94,8 @@ def _event(job: Job, status: str, **extra):
 
 
 def train(job: Job, env: Env) -> Outcome:
+    """One MLflow run: re-announced when a finished one exists, else recorded FINISHED or FAILED."""
     settings, claim = job.settings, job.claim
-    split = data.load(store_from_env(env), claim.bucket, claim.object_key, claim.test_object_key,
-                      job.target, job.timestamp_column)
-    data.check_train_rows(len(split.train.target), settings.input_seq_len, settings.output_seq_len)
-    data.check_test_rows(len(split.test.target), settings.input_seq_len, settings.output_seq_len)
-
     client = tracking.client(settings.tracking_uri)
     exp_id = tracking.experiment_id(client, job.experiment, settings.artifact_root)
     if settings.skip_duplicates:
@@ -103,26 +107,40 @@ def train(job: Job, env: Env) -> Outcome:
 
     tags = {"model_type": settings.model_type, "config_hash": claim.config_hash, "identifier": claim.identifier,
             "function": FUNCTION}
-    run = tracking.start_run(client, exp_id, f"{settings.model_type}-{claim.config_hash[:8]}", tags)
-    run_id = run.info.run_id
+    # The run exists before the data is read, so a failure of any kind is recorded against it.
+    run_id = tracking.start_run(client, exp_id, f"{settings.model_type}-{claim.config_hash[:8]}", tags).info.run_id
     try:
-        tracking.log_params(client, run_id, {**settings.hyperparameters(), "model_type": settings.model_type,
-                                             "config_hash": claim.config_hash, "identifier": claim.identifier,
-                                             "target": job.target, "timestamp_column": job.timestamp_column,
-                                             "n_features": len(split.feature_columns),
-                                             "train_rows": len(split.train.target), "test_rows": len(split.test.target)})
-        with tempfile.TemporaryDirectory(prefix="flts-train-") as tmp:
-            folder = Path(tmp)
-            metrics, series = fit_and_write(job, split, folder)
-            tracking.log_metrics(client, run_id, metrics, series)
-            client.log_artifacts(run_id, str(folder))  # the folder mirrors the artifact layout
-    except BaseException as exc:
+        metrics = _train_run(job, env, client, run_id)
+    except Exception as exc:  # noqa: BLE001 - recorded as FAILED, announced by the handler
+        message = _failure(job, exc)
+        tracking.finish(client, run_id, ok=False, error=message)
+        return Outcome(run_id, {}, error=message)
+    except BaseException as exc:  # interrupted: close the run, let the interruption go on
         tracking.finish(client, run_id, ok=False, error=f"{type(exc).__name__}: {exc}")
         raise
     tracking.finish(client, run_id, ok=True)
     print(f"{settings.model_type} {claim.identifier}: test nrmse {metrics['nrmse']:.4f}, rmse {metrics['rmse']:.4f}, "
           f"train {metrics['train_seconds']:.1f}s (run {run_id})", flush=True)
     return Outcome(run_id, metrics)
+
+
+def _train_run(job: Job, env: Env, client, run_id: str) -> dict:
+    settings, claim = job.settings, job.claim
+    split = data.load(store_from_env(env), claim.bucket, claim.object_key, claim.test_object_key,
+                      job.target, job.timestamp_column)
+    data.check_train_rows(len(split.train.target), settings.input_seq_len, settings.output_seq_len)
+    data.check_test_rows(len(split.test.target), settings.input_seq_len, settings.output_seq_len)
+    tracking.log_params(client, run_id, {**settings.hyperparameters(), "model_type": settings.model_type,
+                                         "config_hash": claim.config_hash, "identifier": claim.identifier,
+                                         "target": job.target, "timestamp_column": job.timestamp_column,
+                                         "n_features": len(split.feature_columns),
+                                         "train_rows": len(split.train.target), "test_rows": len(split.test.target)})
+    with tempfile.TemporaryDirectory(prefix="flts-train-") as tmp:
+        folder = Path(tmp)
+        metrics, series = fit_and_write(job, split, folder)
+        tracking.log_metrics(client, run_id, metrics, series)
+        client.log_artifacts(run_id, str(folder))  # the folder mirrors the artifact layout
+    return metrics
 
 
 def fit_and_write(job: Job, split: data.TrainData, folder: Path) -> tuple[dict, dict]:
