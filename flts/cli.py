@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the whole pipeline embedded (no servers) and print a forecast")
-    demo.add_argument("--dataset", default="PobleSec", help="name of a dataset under data/lte (default: PobleSec)")
+    demo.add_argument("--dataset", default="PobleSec", help="a dataset under data/ (PobleSec, ElBorn in data/lte; Bike in data/bike; default: PobleSec)")
     demo.add_argument("--workdir", default=".flts/embedded", help="where the embedded object store and MLflow live")
     demo.add_argument("--fresh", action="store_true", help="start from an empty workdir")
     demo.add_argument("--until", default="all", choices=["preprocess", "all"], help="stop after this stage")

@@ -18,6 +18,7 @@ from flts.preprocess.handler import (
     config_hash,
     source_identity,
 )
+from flts.preprocess.settings import SET_ONLY_KNOBS
 
 RAW = b"time,down\n2020-01-01 00:00,1\n2020-01-01 00:02,2\n"
 
@@ -71,19 +72,32 @@ KNOB_CHANGES = {
     "clip_quantiles": {"CLIP_OUTLIERS": "1", "CLIP_QUANTILES": "0.01,0.99"},
     "time_features": {"TIME_FEATURES": "0"},
     "drop_columns": {"DROP_COLUMNS": "rnti_count"},
+    "timestamp_format": {"TIMESTAMP_FORMAT": "%Y-%m-%d %H:%M"},
+    "timestamp_dayfirst": {"TIMESTAMP_DAYFIRST": "1"},
+    "timezone": {"TIMEZONE": "Europe/Madrid"},
 }
 
 
 def test_every_knob_is_covered_by_this_test():
-    assert set(KNOB_CHANGES) | {"version"} == set(PreprocessSettings().knobs())
+    # SET_ONLY_KNOBS are in knobs() only when set: see test_knobs_added_later_leave_old_hashes_alone
+    assert set(KNOB_CHANGES) | {"version"} == set(PreprocessSettings().knobs()) | set(SET_ONLY_KNOBS)
 
 
 @pytest.mark.parametrize("knob", sorted(KNOB_CHANGES))
 def test_hash_changes_with_each_knob(knob):
     env = KNOB_CHANGES[knob]
     base = {"CLIP_OUTLIERS": "1"} if knob == "clip_quantiles" else {}
-    assert PreprocessSettings.from_env(env).knobs()[knob] != PreprocessSettings.from_env(base).knobs()[knob]
+    assert PreprocessSettings.from_env(env).knobs()[knob] != PreprocessSettings.from_env(base).knobs().get(knob)
     assert digest(env) != digest(base)
+
+
+def test_knobs_added_later_leave_old_hashes_alone():
+    # The digest of RAW with every knob at its default, computed before TIMESTAMP_FORMAT,
+    # TIMESTAMP_DAYFIRST and TIMEZONE existed: outputs made before keep their identity.
+    before = "3b46e442b6d55623f22ffe33cb63802190c6a813b620392a92e61a1c6441fba1"
+    assert digest() == before
+    assert digest({"TIMESTAMP_FORMAT": "", "TIMESTAMP_DAYFIRST": "0", "TIMEZONE": ""}) == before
+    assert not set(SET_ONLY_KNOBS) & set(PreprocessSettings().knobs())
 
 
 def test_clip_quantiles_do_not_matter_while_clipping_is_off():

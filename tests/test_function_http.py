@@ -127,7 +127,8 @@ def test_bad_dataset_is_400_naming_the_problem(client, store):
     store.put_bytes("raw-data", "site/dup.csv", b"time,down\n2020-01-01 00:00,1\n2020-01-01 00:00,2\n")
     response = post_binary(client, READY | {"object_key": "site/dup.csv"})
     assert response.status_code == 400
-    assert orjson.loads(response.data)["error"] == "site/dup.csv: duplicate timestamp 2020-01-01 00:00:00 in row 2"
+    assert orjson.loads(response.data)["error"].startswith(
+        "site/dup.csv: duplicate timestamp 2020-01-01 00:00:00 in row 2 (column 'time': ")
 
 
 def test_a_body_over_the_limit_is_413(client, store):

@@ -21,6 +21,11 @@ DATA_DIR = REPO / "data" / "lte"
 RAW_BUCKET = "raw-data"
 
 
+def dataset_dir(dataset: str) -> Path:
+    """The folder under data/ holding <dataset>.csv (data/lte, data/bike); data/lte when none does."""
+    return next((d for d in sorted(DATA_DIR.parent.iterdir()) if (d / f"{dataset}.csv").is_file()), DATA_DIR)
+
+
 def embedded_env(workdir: Path) -> dict[str, str]:
     """The embedded default: filesystem objects and a local MLflow store under workdir."""
     workdir = workdir.resolve()
@@ -43,7 +48,8 @@ def logging_env(env: Env, json_lines: bool = False) -> dict[str, str]:
     return {"LOG_FORMAT": "text", "LOG_LEVEL": "WARNING", **env}
 
 
-def upload_dataset(store: FileStore, dataset: str, data_dir: Path = DATA_DIR) -> events.DatasetReady:
+def upload_dataset(store: FileStore, dataset: str, data_dir: Path | None = None) -> events.DatasetReady:
+    data_dir = data_dir or dataset_dir(dataset)
     train, test = data_dir / f"{dataset}.csv", data_dir / f"{dataset}_test.csv"
     if not train.is_file():
         known = sorted(p.stem for p in data_dir.glob("*.csv") if not p.stem.endswith("_test"))
@@ -86,7 +92,7 @@ def run_demo(dataset: str, workdir: Path, fresh: bool = False, stages: str = "al
         from flts.dev.forecast import serve_one_forecast  # the serving path, as infer runs it
 
         t0 = time.perf_counter()
-        serve_one_forecast(env, store, dataset, DATA_DIR / f"{dataset}_test.csv")
+        serve_one_forecast(env, store, dataset, dataset_dir(dataset) / f"{dataset}_test.csv")
         stage_times["forecast"] = time.perf_counter() - t0
 
     print("\nstage times:")

@@ -1,7 +1,9 @@
 """The preprocess function: a raw CSV in, feature Parquet keyed by its config hash out.
 
     handler.py    `handle`: dataset-ready → training-data (and inference-data), idempotent
+    timeaxis.py   timestamps: formats, date order, time zones → UTC, the regular grid, seasonal periods
     settings.py   its knobs (what changes the output goes into the config hash)
+    errors.py     DataError: the dataset is unusable (→ 400)
 """
 from flts import events
 from flts.spec import Capacity, event_function

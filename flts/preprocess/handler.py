@@ -19,17 +19,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flts import events
-from flts.events import DataClaim, DatasetReady, EventError
+from flts.events import DataClaim, DatasetReady
 from flts.logs import log
+from flts.preprocess import timeaxis
+from flts.preprocess.errors import DataError
 from flts.preprocess.settings import PreprocessSettings
 from flts.settings import Env
 from flts.storage import ObjectStore, get_json, put_json, store_from_env
 
 FUNCTION = "preprocess"
-
-
-class DataError(EventError):
-    """The dataset itself is unusable; the message names the problem."""
 
 
 # ---------------------------------------------------------------- config identity
@@ -71,46 +69,15 @@ def read_csv(raw: bytes, settings: PreprocessSettings, name: str) -> pd.DataFram
     if ts not in frame.columns:
         raise DataError(f"{name}: no timestamp column {ts!r} (columns: {list(frame.columns)}); set TIMESTAMP_COLUMN")
     frame = frame.drop(columns=[c for c in settings.drop_columns if c in frame.columns])
-    frame[ts] = _parse_times(frame[ts], name)
-    _check_time_order(frame[ts], name)
+    raw_times = frame[ts]
+    frame[ts] = timeaxis.parse_times(raw_times, settings, name)
+    timeaxis.check_time_order(frame[ts], raw_times, settings, name)
     _check_numeric(frame, ts, name)
     if settings.target not in frame.columns:
         raise DataError(f"{name}: no target column {settings.target!r}; set TARGET_COLUMN")
     if frame[settings.target].isna().all():
         raise DataError(f"{name}: the target column {settings.target!r} has no values")
     return frame.reset_index(drop=True)
-
-
-UNIX_SECONDS_MAX = 1e11  # year 5138: a larger number is milliseconds or nanoseconds, not seconds
-
-
-def _parse_times(raw: pd.Series, name: str) -> pd.Series:
-    """Timestamps as datetimes; a numeric column holds Unix seconds."""
-    numeric = pd.api.types.is_numeric_dtype(raw)
-    if numeric and raw.abs().max() > UNIX_SECONDS_MAX:
-        raise DataError(f"{name}: numeric timestamps must be Unix seconds; {raw.abs().max():.0f} looks like "
-                        "milliseconds or finer")
-    try:
-        times = pd.to_datetime(raw, unit="s", errors="coerce") if numeric else pd.to_datetime(raw, errors="coerce")
-    except (ValueError, TypeError, OverflowError) as exc:  # e.g. mixed UTC offsets
-        raise DataError(f"{name}: timestamps cannot be parsed ({str(exc).splitlines()[0]})") from None
-    if times.isna().any():
-        row = int(times.isna().to_numpy().argmax())
-        value = raw.iloc[row]
-        what = "empty timestamp" if pd.isna(value) else f"timestamp {value!r}"
-        raise DataError(f"{name}: {what} in row {row + 1} cannot be parsed")
-    return times
-
-
-def _check_time_order(times: pd.Series, name: str) -> None:
-    duplicated = times.duplicated()
-    if duplicated.any():
-        row = int(duplicated.to_numpy().argmax())
-        raise DataError(f"{name}: duplicate timestamp {times.iloc[row]} in row {row + 1}")
-    steps = times.diff().iloc[1:]
-    if (steps < pd.Timedelta(0)).any():
-        row = int((steps < pd.Timedelta(0)).to_numpy().argmax()) + 1
-        raise DataError(f"{name}: timestamps are not sorted: row {row + 1} ({times.iloc[row]}) comes before row {row}")
 
 
 def _check_numeric(frame: pd.DataFrame, ts: str, name: str) -> None:
@@ -185,18 +152,57 @@ def split_by_time(frame: pd.DataFrame, test_fraction: float) -> tuple[pd.DataFra
     return frame.iloc[:cut].reset_index(drop=True), frame.iloc[cut:].reset_index(drop=True)
 
 
+def read_test_file(raw: bytes, train: pd.DataFrame, settings: PreprocessSettings, name: str) -> pd.DataFrame:
+    """The test file: the training file's columns, in their order, starting after the training data ends."""
+    test = read_csv(raw, settings, name)
+    if set(test.columns) != set(train.columns):
+        raise DataError(f"{name}: columns {sorted(test.columns)} differ from the training file's "
+                        f"{sorted(train.columns)}")
+    test = test[train.columns]
+    _check_test_follows(train, test, settings.timestamp_column, name)
+    return test
+
+
 def _check_test_follows(train: pd.DataFrame, test: pd.DataFrame, ts: str, name: str) -> None:
     """A test file overlapping the training period would score models on training data."""
     if test[ts].iloc[0] <= train[ts].iloc[-1]:
         raise DataError(f"{name}: the test data starts at {test[ts].iloc[0]}, not after the training data ends "
-                        f"({train[ts].iloc[-1]})")
+                        f"({train[ts].iloc[-1]}; column {ts!r}, row 1)")
 
 
-def to_parquet(frame: pd.DataFrame, config: dict, digest: str) -> bytes:
+def read_splits(raw: bytes, raw_test: bytes | None, request: DatasetReady,
+                settings: PreprocessSettings) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Train and test on one regular grid (the training file's step and phase), and its `time_axis`."""
+    ts = settings.timestamp_column
+    files = {request.object_key: read_csv(raw, settings, request.object_key)}
+    if raw_test is not None:
+        files[request.test_object_key] = read_test_file(raw_test, files[request.object_key], settings,
+                                                         request.test_object_key)
+    first = files[request.object_key][ts]
+    step = timeaxis.regular_step(first, request.object_key)
+    gridded = [timeaxis.put_on_grid(frame, ts, step, first.iloc[0], name) for name, frame in files.items()]
+    train, test = gridded if raw_test is not None else split_by_time(gridded[0], settings.test_fraction)
+    grid = timeaxis.gap_report([frame[ts] for frame in files.values()], step)
+    return train, test, time_axis(train, test, ts, step, grid)
+
+
+def time_axis(train: pd.DataFrame, test: pd.DataFrame, ts: str, step: pd.Timedelta, grid: dict) -> dict:
+    """What later stages read about the time axis, in `.meta.json` and the Parquet metadata."""
+    return {
+        "frequency_seconds": step.total_seconds(),
+        "seasonal_periods": timeaxis.seasonal_periods(len(train), step),
+        # only then is the training tail the lookback of the first test window
+        "test_follows_train": bool(test[ts].iloc[0] == train[ts].iloc[-1] + step),
+        "grid": grid,
+    }
+
+
+def to_parquet(frame: pd.DataFrame, config: dict, digest: str, axis: dict | None = None) -> bytes:
     table = pa.Table.from_pandas(frame, preserve_index=False)
     metadata = dict(table.schema.metadata or {})
     metadata[b"preprocess_config"] = canonical_json(config)
     metadata[b"config_hash"] = digest.encode()
+    metadata.update({key.encode(): canonical_json(value) for key, value in (axis or {}).items()})
     buffer = io.BytesIO()
     pq.write_table(table.replace_schema_metadata(metadata), buffer)
     return buffer.getvalue()
@@ -253,20 +259,15 @@ def preprocess(store: ObjectStore, request: DatasetReady, settings: PreprocessSe
         log("skip_idempotent", identifier=request.identifier, config_hash=digest, object_key=keys["train"])
         return meta
 
-    frame = read_csv(raw, settings, request.object_key)
-    if raw_test is not None:
-        train, test = frame, read_csv(raw_test, settings, request.test_object_key)
-        if set(test.columns) != set(train.columns):
-            raise DataError(f"{request.test_object_key}: columns {sorted(test.columns)} differ from the training file's {sorted(train.columns)}")
-        test = test[train.columns]
-        _check_test_follows(train, test, settings.timestamp_column, request.test_object_key)
-    else:
-        train, test = split_by_time(frame, settings.test_fraction)
+    train, test, axis = read_splits(raw, raw_test, request, settings)
+    log("preprocess_grid", identifier=request.identifier, config_hash=digest, **axis["grid"],
+        frequency_seconds=axis["frequency_seconds"], seasonal_periods=axis["seasonal_periods"],
+        test_follows_train=axis["test_follows_train"])
     train, test = transform(train, test, settings)
 
     store.ensure_bucket(bucket)
-    store.put_bytes(bucket, keys["train"], to_parquet(train, config, digest))
-    store.put_bytes(bucket, keys["test"], to_parquet(test, config, digest))
+    store.put_bytes(bucket, keys["train"], to_parquet(train, config, digest, axis))
+    store.put_bytes(bucket, keys["test"], to_parquet(test, config, digest, axis))
     meta = {
         "identifier": request.identifier,
         "source_objects": sources,
@@ -278,6 +279,7 @@ def preprocess(store: ObjectStore, request: DatasetReady, settings: PreprocessSe
         "column_names": list(train.columns),
         "objects": keys,
         "bucket": bucket,
+        **axis,
     }
     put_json(store, bucket, keys["meta"], meta)  # written last: its presence means the outputs are complete
     log("preprocess_done", identifier=request.identifier, config_hash=digest, rows=len(train),

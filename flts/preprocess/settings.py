@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import field_validator, model_validator
 
@@ -9,8 +10,21 @@ from flts.settings import CommaList, ConfigError, DataColumns, Flag, ProcessedBu
 
 PREPROCESS_VERSION = 1
 
+# Knobs added after outputs were already known by their hash: they enter knobs() only when
+# set, so a dataset preprocessed with them at their defaults keeps the hash it always had.
+SET_ONLY_KNOBS = ("timestamp_format", "timestamp_dayfirst", "timezone")
+
 
 class PreprocessSettings(ProcessedBucket, DataColumns):  # fields: the last base's, the first's, then these
+    timestamp_format: str = knob("TIMESTAMP_FORMAT", "",
+                                 "strftime format of the timestamps, e.g. %d/%m/%Y %H:%M; empty = inferred from the "
+                                 "first row")
+    timestamp_dayfirst: Flag = knob("TIMESTAMP_DAYFIRST", False,
+                                    "dates are written day first (13/06/2000); without it, dates that read both ways "
+                                    "are refused")
+    timezone: str = knob("TIMEZONE", "",
+                         "IANA time zone of timestamps without a UTC offset (e.g. Europe/Madrid); set = every "
+                         "timestamp is converted to UTC and stored as naive UTC")
     test_fraction: float = knob("TEST_FRACTION", 0.2,
                                 "the last fraction of rows held out when no test file is given", gt=0, lt=1)
     clip_outliers: Flag = knob("CLIP_OUTLIERS", False,
@@ -46,6 +60,30 @@ class PreprocessSettings(ProcessedBucket, DataColumns):  # fields: the last base
             raise ValueError("two quantiles 0 <= low < high <= 1")
         return value
 
+    @field_validator("timestamp_format")
+    @classmethod
+    def _strftime_format(cls, value: str) -> str:
+        if value and "%" not in value:
+            raise ValueError("a strftime format such as %d/%m/%Y %H:%M")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _iana_zone(cls, value: str) -> str:
+        if value:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError("an IANA time zone name such as Europe/Madrid or UTC") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_date_order(self) -> PreprocessSettings:
+        if self.timestamp_format and self.timestamp_dayfirst:
+            raise ConfigError("set TIMESTAMP_FORMAT or TIMESTAMP_DAYFIRST, not both: the format already says where "
+                              "the day is")
+        return self
+
     @model_validator(mode="after")
     def _keeps_timestamp_and_target(self) -> PreprocessSettings:
         kept = {self.timestamp_column, self.target} & set(self.drop_columns)
@@ -55,7 +93,9 @@ class PreprocessSettings(ProcessedBucket, DataColumns):  # fields: the last base
 
     def knobs(self) -> dict:
         """The settings that change the output (bucket names and limits do not)."""
-        return {
+        fields = type(self).model_fields
+        set_only = {name: getattr(self, name) for name in SET_ONLY_KNOBS if getattr(self, name) != fields[name].default}
+        return set_only | {
             "version": PREPROCESS_VERSION,
             "timestamp_column": self.timestamp_column,
             "target": self.target,
