@@ -9,6 +9,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -293,3 +294,14 @@ def test_lte_output_is_unchanged(case, tmp_path, lte_dir):
     assert (meta["config_hash"], *map(column_digest, frames)) == LTE_BEFORE[case]
     assert meta["grid"]["rows_added"] == 0 and meta["frequency_seconds"] == 120.0 and meta["test_follows_train"]
     assert meta["seasonal_periods"] == [720, 5040]  # 11,945 rows or more: over two weeks of 2 minutes
+
+
+def test_time_features_follow_the_local_clock_when_a_time_zone_is_set():
+    from flts.preprocess.handler import add_time_features
+
+    frame = pd.DataFrame({"time": pd.to_datetime(["2024-07-01 16:00", "2024-01-01 17:00"])})  # UTC
+    local = add_time_features(frame, "time", "America/New_York")  # 12:00 local in July (EDT) and January (EST)
+    noon = np.array([np.sin(np.pi), np.cos(np.pi)])
+    np.testing.assert_allclose(local[["minute_sin", "minute_cos"]].to_numpy(), [noon, noon], atol=1e-9)
+    utc = add_time_features(frame, "time")
+    assert not np.allclose(utc["minute_cos"].to_numpy(), local["minute_cos"].to_numpy())

@@ -118,9 +118,16 @@ def clip(frame: pd.DataFrame, bounds: dict[str, tuple[float, float]]) -> pd.Data
     return frame
 
 
-def add_time_features(frame: pd.DataFrame, ts: str) -> pd.DataFrame:
-    """Cyclic encodings so 23:58 sits next to 00:00 and Sunday next to Monday."""
+def add_time_features(frame: pd.DataFrame, ts: str, timezone: str = "") -> pd.DataFrame:
+    """Cyclic encodings so 23:58 sits next to 00:00 and Sunday next to Monday.
+
+    Of the local wall-clock time when TIMEZONE is set (the stored timestamps are UTC): daily
+    and weekly cycles follow the clock people live by, and infer computes the same features
+    from the wall-clock time of the timestamps a request sends.
+    """
     times = frame[ts]
+    if timezone:
+        times = times.dt.tz_localize("UTC").dt.tz_convert(timezone).dt.tz_localize(None)
     minute = times.dt.hour * 60 + times.dt.minute
     day = times.dt.day_of_week
     frame = frame.copy()
@@ -139,7 +146,7 @@ def transform(train: pd.DataFrame, test: pd.DataFrame, settings: PreprocessSetti
         bounds = fit_clip_bounds(train, ts, settings.clip_quantiles)
         train, test = clip(train, bounds), clip(test, bounds)
     if settings.time_features:
-        train, test = add_time_features(train, ts), add_time_features(test, ts)
+        train, test = add_time_features(train, ts, settings.timezone), add_time_features(test, ts, settings.timezone)
     return train, test
 
 
