@@ -16,7 +16,7 @@ import orjson
 import pandas as pd
 import pytest
 
-from flts import events, routing
+from flts import events, forecasters, routing
 from flts.embedded import EmbeddedRouter
 from flts.eval import scoring
 from flts.eval.handler import Candidate, Scored, handle, pick_winner, registered_model_name
@@ -198,8 +198,12 @@ def test_waits_for_every_expected_type_then_promotes_once(env, capsys):
     [selected] = handle(prophet, env)
     assert selected["type"] == events.MODEL_SELECTED
     assert len(history(env)) == 1
-    board = log_lines(capsys.readouterr().err, "promotion_scoreboard")[-1]["scoreboard"]
+    line = log_lines(capsys.readouterr().err, "promotion_scoreboard")[-1]
+    board = line["scoreboard"]
     assert sorted(row["model_type"] for row in board) == ["GRU", "LSTM", "PROPHET"]
+    # The test split follows the training split: inputs from its tail, every test row a target.
+    assert (line["lookback_rows"], line["first_scored_test_row"]) == (IN_LEN, 0)
+    assert {row["windows"] for row in board} == {claim.test_rows - OUT_LEN + 1}
 
 
 @pytest.mark.parametrize("factors, expected", [({"GRU": 1.0, "LSTM": 0.7}, "GRU"),
@@ -438,21 +442,78 @@ def test_baselines_forecast_the_model_windows():
 def test_models_with_different_input_lengths_score_the_same_targets(tmp_path):
     frame = pd.DataFrame({"time": pd.date_range("2024-01-01", periods=30, freq="h"),
                           "down": np.arange(30.0), "up": np.ones(30)})
-    forecasters = []
-    for in_len in (2, 5):
-        path = tmp_path / f"in{in_len}.onnx"
-        scaled_last_value_onnx(path, 2, 0, 1.0, in_len=in_len, out_len=3)
-        signature = {"format": "onnx", "feature_columns": ["down", "up"], "target": "down",
-                     "input_seq_len": in_len, "output_seq_len": 3}
-        forecasters.append(OnnxForecaster(path, signature))
-    origin = scoring.first_origin([f.signature for f in forecasters])
+    graphs = persistence_graphs(tmp_path, input_lens=(2, 5))
+    origin = scoring.first_origin([g.signature for g in graphs])
     assert origin == 5
-    (p_short, y_short), (p_long, y_long) = (f.forecast(frame, origin) for f in forecasters)
+    (p_short, y_short), (p_long, y_long) = (g.forecast(frame, origin) for g in graphs)
     assert np.array_equal(y_short, y_long) and y_short[0].tolist() == [5, 6, 7]
     assert len(y_short) == 30 - 5 - 3 + 1
     # A persistence graph and the persistence baseline agree window for window.
     baseline = scoring.persistence_forecast(frame["down"].to_numpy(), origin, 3)
     assert np.array_equal(p_short, baseline) and np.array_equal(p_long, baseline)
+
+
+def two_splits(test_gap: str = "0min") -> scoring.Split:
+    """40 training rows and 20 test rows on a 2-minute grid; the test split follows the
+    training split directly, or after `test_gap` more (a test file that stands alone)."""
+    times = pd.date_range("2024-01-01", periods=60, freq="2min")
+    frame = pd.DataFrame({"time": times, "down": np.arange(60.0), "up": np.ones(60)})
+    test = frame.iloc[40:].assign(time=lambda f: f["time"] + pd.Timedelta(test_gap))
+    return scoring.Split(frame.iloc[:40].reset_index(drop=True), test.reset_index(drop=True))
+
+
+def persistence_graphs(tmp_path, input_lens=(4, 6), out_len=3) -> list[OnnxForecaster]:
+    graphs = []
+    for in_len in input_lens:
+        path = tmp_path / f"in{in_len}.onnx"
+        scaled_last_value_onnx(path, 2, 0, 1.0, in_len=in_len, out_len=out_len)
+        graphs.append(OnnxForecaster(path, {"format": "onnx", "feature_columns": ["down", "up"], "target": "down",
+                                            "timestamp_column": "time", "input_seq_len": in_len,
+                                            "output_seq_len": out_len}))
+    return graphs
+
+
+def test_a_following_test_split_is_scored_from_its_first_row(tmp_path):
+    split, graphs = two_splits(), persistence_graphs(tmp_path)
+    frame = scoring.scoring_frame(split, [g.signature for g in graphs])
+    assert (frame.lookback, frame.origin, frame.first_scored_test_row) == (6, 6, 0)
+    # The rows before the first target are training rows only: no test row is input-only.
+    assert frame.frame["time"].iloc[:6].tolist() == split.train["time"].iloc[-6:].tolist()
+    assert frame.frame["time"].iloc[6:].tolist() == split.test["time"].tolist()
+    for graph in graphs:
+        pred, y = graph.forecast(frame.frame, frame.origin)
+        assert y[:, 0].tolist() == split.test["down"].iloc[:20 - 3 + 1].tolist()
+        assert set(y.ravel()) == set(split.test["down"])  # every test row is a target
+        assert np.array_equal(pred, frame.persistence("down", 3))
+    assert frame.persistence("down", 3)[0].tolist() == [39.0] * 3  # the last training value
+    # One season (10 rows) before the first test row (row 40) is training row 30.
+    assert frame.seasonal_naive("down", 3, season=10)[0].tolist() == [30.0, 31.0, 32.0]
+
+
+@pytest.mark.parametrize("split, signature_change", [
+    (two_splits(test_gap="1h"), {}),  # a gap: the test file stands alone
+    (two_splits(), {"timestamp_column": None}),  # no timestamps to tell whether it follows
+])
+def test_a_standalone_test_file_keeps_the_old_windows(tmp_path, split, signature_change):
+    graphs = persistence_graphs(tmp_path)
+    for graph in graphs:
+        graph.signature.update(signature_change)
+    frame = scoring.scoring_frame(split, [g.signature for g in graphs])
+    assert (frame.lookback, frame.origin, frame.first_scored_test_row) == (0, 6, 6)
+    assert frame.frame.equals(split.test)
+    for graph in graphs:
+        pred, y = graph.forecast(frame.frame, frame.origin)
+        old_pred, old_y = graph.forecast(split.test, 6)  # what eval scored before the lookback
+        assert np.array_equal(pred, old_pred) and np.array_equal(y, old_y)
+        assert y[0, 0] == split.test["down"].iloc[6]
+    assert frame.seasonal_naive("down", 3, season=10)[0].tolist() == [36.0, 37.0, 38.0]
+
+
+def test_a_frame_never_scores_training_rows():
+    with pytest.raises(ValueError, match="would score training rows"):
+        scoring.frame_of(two_splits(), lookback=7, origin=6)
+    with pytest.raises(scoring.ArtifactError, match="test split has 20 rows"):
+        scoring.frame_of(two_splits(), lookback=6, origin=6).check_enough_rows(21)
 
 
 # ---------------------------------------------------------------- end to end with the real trainer
@@ -475,7 +536,7 @@ def test_real_trainers_then_eval_promote_one_servable_model(env):
     assert router.dead_letters() == []
 
     trained = [e.data for e in router.published if e["type"] == events.MODEL_TRAINING and e.data["status"] == "SUCCESS"]
-    assert sorted(t["model_type"] for t in trained) == ["GRU", "LSTM", "PROPHET"]
+    assert sorted(t["model_type"] for t in trained) == sorted(forecasters.names())
     [selected] = [e.data for e in router.published if e["type"] == events.MODEL_SELECTED]
     assert selected["run_id"] in {t["run_id"] for t in trained}
     assert selected["config_hash"] == trained[0]["config_hash"]

@@ -27,7 +27,7 @@ HEAVY = {"torch", "onnxruntime", "pandas", "prophet", "mlflow"}
 
 
 def test_names_are_the_registered_families_in_order():
-    assert forecasters.names() == ("GRU", "LSTM", "PROPHET")
+    assert forecasters.names() == ("GRU", "LSTM", "PROPHET", "LGBM")
     assert [f.name for f in forecasters.FAMILIES] == list(forecasters.names())
 
 
@@ -44,14 +44,14 @@ def test_importing_the_registry_stays_light():
 
 
 def test_lookups_by_type_and_format():
-    gru, lstm, prophet = (forecasters.family(n) for n in ("GRU", " lstm ", "Prophet"))
-    assert gru.format is lstm.format is forecasters.artifact_format("onnx")  # one ONNX loader for both
+    gru, lstm, prophet, lgbm = (forecasters.family(n) for n in ("GRU", " lstm ", "Prophet", "lgbm"))
+    assert gru.format is lstm.format is lgbm.format is forecasters.artifact_format("onnx")  # one ONNX loader
     assert (gru.model_file, prophet.model_file) == ("model.onnx", "model.json")
     assert prophet.format.name == "prophet-json" and not prophet.format.takes_features
 
 
 def test_unknown_model_type_names_the_variable_and_the_families():
-    expected = r"MODEL_TYPE must be one of \['GRU', 'LSTM', 'PROPHET'\], got 'xgboost'"
+    expected = r"MODEL_TYPE must be one of \['GRU', 'LSTM', 'PROPHET', 'LGBM'\], got 'xgboost'"
     with pytest.raises(UnknownModelType, match=expected):
         forecasters.family("xgboost")
     with pytest.raises(ConfigError, match=expected):
@@ -102,16 +102,20 @@ def test_every_family_round_trips(name, tmp_path):
     signature = orjson.loads((tmp_path / name / forecasters.SIGNATURE).read_bytes())
     assert signature["format"] == family.format.name and signature["model_type"] == name
     assert bool(signature["feature_columns"]) == family.format.takes_features
+    in_len = signature["input_seq_len"]  # INPUT_SEQ_LEN, or the window the family chose (LGBM: its largest lag)
 
-    scored, y = family.format.load_for_scoring(model_path, signature).forecast(test, IN_LEN)
+    # The rows the family scored itself on: the test split alone, or after a lookback from the training tail.
+    lookback = int(metrics.get("test_lookback_rows", 0))
+    rows = pd.concat([train.iloc[len(train) - lookback:], test], ignore_index=True)
+    scored, y = family.format.load_for_scoring(model_path, signature).forecast(rows, in_len)
     rescored = regression_metrics(y, scored, TargetScale.fit(train["load"].to_numpy()))
     assert rescored["nrmse"] == pytest.approx(metrics["nrmse"], rel=1e-5)
 
-    spec = InputSpec(IN_LEN, OUT_LEN, tuple(signature["feature_columns"]), "load", "time", STEP)
+    spec = InputSpec(in_len, OUT_LEN, tuple(signature["feature_columns"]), "load", "time", STEP)
     predictor = family.format.load_for_serving(model_path.read_bytes(), spec, ServingSettings.from_env({}))
     batch = 3
-    x = np.stack([test[list(spec.feature_columns)].to_numpy(np.float32)[i:i + IN_LEN] for i in range(batch)])
-    last_wall = wall_seconds(test["time"].to_numpy()[IN_LEN - 1:IN_LEN - 1 + batch])
+    x = np.stack([rows[list(spec.feature_columns)].to_numpy(np.float32)[i:i + in_len] for i in range(batch)])
+    last_wall = wall_seconds(rows["time"].to_numpy()[in_len - 1:in_len - 1 + batch])
     served = predictor.predict(x, last_wall, np.full(batch, STEP))
     np.testing.assert_allclose(served, scored[:batch], rtol=1e-5)
 

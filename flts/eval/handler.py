@@ -2,7 +2,9 @@
 
 When every type in EXPECTED_MODEL_TYPES has a FINISHED MLflow run for a config hash, each
 (newest per type) is scored on the same held-out test windows with the target scale of the
-training split (docs/design.md principle 4); the lowest score wins, ties go to the newest run.
+training split (docs/design.md principle 4); when the test split follows the training split,
+the first windows take their inputs from the training tail, so every test row is a target
+(`lookback_rows` on the scoreboard line). The lowest score wins, ties go to the newest run.
 The winner's serving artifact is copied into the promotion bucket, so infer needs no MLflow
 client, and the pointer is written as history + `<identifier>/current.json` + `current.json`.
 
@@ -183,8 +185,10 @@ def load_split(store: ObjectStore, request: ModelTraining, settings: EvalSetting
     return scoring.Split(train, test)
 
 
-def score_candidates(client, candidates: list[Candidate], split: scoring.Split, workdir: Path) -> list[Scored]:
-    """Score every candidate on the same test windows; a run that cannot be scored is left out."""
+def score_candidates(client, candidates: list[Candidate], split: scoring.Split,
+                     workdir: Path) -> tuple[list[Scored], scoring.ScoringFrame | None]:
+    """Score every candidate on the same windows of one scoring frame (returned beside them);
+    a run that cannot be scored is left out."""
     loaded = []
     for cand in candidates:
         try:
@@ -193,23 +197,23 @@ def score_candidates(client, candidates: list[Candidate], split: scoring.Split, 
         except scoring.ArtifactError as exc:
             error("promotion_run_excluded", run_id=cand.run_id, model_type=cand.model_type, error=str(exc))
     if not loaded:
-        return []
-    origin = scoring.first_origin([a.signature for _, a, _ in loaded])
+        return [], None
+    frame = scoring.scoring_frame(split, [a.signature for _, a, _ in loaded])
     scored = []
     for cand, artifact, model in loaded:
         target = artifact.signature["target"]
         try:
-            scoring.check_enough_rows(len(split.test), origin, artifact.signature["output_seq_len"])
+            frame.check_enough_rows(artifact.signature["output_seq_len"])
             if target not in split.train.columns:
                 raise scoring.ArtifactError(f"the training data has no target column {target!r}")
-            pred, y = model.forecast(split.test, origin)
+            pred, y = model.forecast(frame.frame, frame.origin)
             metrics = regression_metrics(y, pred, TargetScale.fit(split.train[target].to_numpy()))
         except (scoring.ArtifactError, ValueError) as exc:
             error("promotion_run_excluded", run_id=cand.run_id, model_type=cand.model_type, error=str(exc))
             continue
         metrics["windows"] = len(y)
         scored.append(Scored(cand, artifact, metrics))
-    return scored
+    return scored, frame
 
 
 def _rank(s: Scored) -> tuple[float, int]:
@@ -236,13 +240,15 @@ def promote(client, store: ObjectStore, request: ModelTraining, candidates: list
             settings: EvalSettings) -> PromotionPointer | None:
     split = load_split(store, request, settings)
     with tempfile.TemporaryDirectory(prefix="flts-eval-") as tmp:
-        scored = score_candidates(client, candidates, split, Path(tmp))
+        scored, frame = score_candidates(client, candidates, split, Path(tmp))
         if not scored:
             error("promotion_no_valid_runs", identifier=request.identifier, config_hash=request.config_hash,
                   runs=[c.run_id for c in candidates])
             return None
+        # Which convention scored the test split: 0 = the test file alone (its first rows are inputs only).
         log("promotion_scoreboard", identifier=request.identifier, config_hash=request.config_hash,
-            rows=len(scored), scoreboard=scoreboard_rows(scored))
+            rows=len(scored), lookback_rows=frame.lookback, first_scored_test_row=frame.first_scored_test_row,
+            scoreboard=scoreboard_rows(scored))
         winner = pick_winner(scored)
         artifact_key = copy_artifact(store, settings.promotion_bucket, request, winner.artifact)
     pointer = previous_promotion(store, settings.promotion_bucket, request.identifier, request.config_hash,

@@ -6,8 +6,10 @@ A run's serving artifact (MLflow layout, see docs/design.md principle 8):
     <MODEL_TYPE>/<model file>     named by the format (flts.forecasters: model.onnx, model.json)
 
 Eval and the accuracy benchmark load it here through its format's loader, which cuts the
-test windows with `flts.windows.make_windows`; they score them with `flts.metrics`. The baselines
-(persistence, seasonal naive) forecast the very same windows.
+windows of the scoring frame (`scoring_frame`: the test rows, after a lookback from the
+training tail when the test split follows it) with `flts.windows.make_windows`; they score
+them with `flts.metrics`. The baselines (persistence, seasonal naive) forecast the very same
+windows.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from flts import forecasters
 from flts.forecasters import SIGNATURE, ArtifactError
 from flts.forecasters.base import ScoringModel, first_line
 from flts.storage import ObjectStore
-from flts.windows import window_count
+from flts.windows import lookback_rows, window_count
 
 REQUIRED_SIGNATURE_KEYS = ("format", "target", "input_seq_len", "output_seq_len")
 
@@ -117,10 +119,62 @@ def first_origin(signatures: list[dict]) -> int:
     return max(sig["input_seq_len"] for sig in signatures)
 
 
-def check_enough_rows(rows: int, origin: int, output_len: int) -> None:
-    if window_count(rows, origin, output_len) < 1:
-        raise ArtifactError(f"the test split has {rows} rows: too few for one window of "
-                            f"{origin} input + {output_len} output rows")
+@dataclass(frozen=True)
+class ScoringFrame:
+    """The rows every candidate and baseline forecasts (docs/design.md principle 4).
+
+    `frame` is the last `lookback` training rows followed by the test rows; the windows' first
+    target row is `origin` (the longest input window), and every row after it is a target too.
+    When the test split directly follows the training split, lookback = origin, so the
+    inputs of the first windows come from the training tail and every test row is scored.
+    When the test file stands alone, lookback = 0 and its first `origin` rows are inputs only.
+    """
+
+    frame: pd.DataFrame
+    train: pd.DataFrame  # the whole training split: the seasonal baseline looks further back
+    lookback: int
+    origin: int
+
+    @property
+    def first_scored_test_row(self) -> int:
+        return self.origin - self.lookback
+
+    def check_enough_rows(self, output_len: int) -> None:
+        if window_count(len(self.frame), self.origin, output_len) < 1:
+            raise ArtifactError(f"the test split has {len(self.frame) - self.lookback} rows: too few for one window "
+                                f"of {self.first_scored_test_row} input + {output_len} output rows")
+
+    def history(self, target: str) -> np.ndarray:
+        """The training target before the frame's first row."""
+        return self.train[target].to_numpy(np.float64)[:len(self.train) - self.lookback]
+
+    def persistence(self, target: str, output_len: int) -> np.ndarray:
+        return persistence_forecast(self.frame[target].to_numpy(np.float64), self.origin, output_len)
+
+    def seasonal_naive(self, target: str, output_len: int, season: int) -> np.ndarray:
+        return seasonal_naive_forecast(self.history(target), self.frame[target].to_numpy(np.float64),
+                                       self.origin, output_len, season)
+
+
+def scoring_frame(split: Split, signatures: list[dict]) -> ScoringFrame:
+    """The one scoring frame of a set of candidates: a lookback from the training tail when
+    the test split follows it on its grid (`flts.windows.lookback_rows`), none otherwise."""
+    origin = first_origin(signatures)
+    ts = next((s["timestamp_column"] for s in signatures if s.get("timestamp_column")), None)
+    follows = ts is not None and ts in split.train.columns and ts in split.test.columns
+    # Without timestamps there is no telling whether the test split follows: score it alone.
+    lookback = lookback_rows(split.train[ts], split.test[ts], origin) if follows else 0
+    return frame_of(split, lookback, origin)
+
+
+def frame_of(split: Split, lookback: int, origin: int) -> ScoringFrame:
+    """The frame of `lookback` training rows + the test rows, first target at `origin`."""
+    if not 0 <= lookback <= min(origin, len(split.train)):
+        raise ValueError(f"a lookback of {lookback} rows would score training rows (origin {origin})")
+    if not lookback:
+        return ScoringFrame(split.test.reset_index(drop=True), split.train, 0, origin)
+    frame = pd.concat([split.train.iloc[-lookback:], split.test], ignore_index=True)
+    return ScoringFrame(frame, split.train, lookback, origin)
 
 
 # ---------------------------------------------------------------- baselines
@@ -156,9 +210,3 @@ def frequency_of(frame: pd.DataFrame, timestamp_column: str) -> float:
     """The grid step in seconds (median spacing, robust to a stray gap)."""
     times = pd.to_datetime(frame[timestamp_column])
     return float(times.diff().dropna().dt.total_seconds().median())
-
-
-def one_step_nrmse(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """RMSE / mean(y) of the first forecast step, original units (the paper's figure)."""
-    y, p = np.asarray(y_true, np.float64)[:, 0], np.asarray(y_pred, np.float64)[:, 0]
-    return float(np.sqrt(np.mean((p - y) ** 2)) / np.mean(y))

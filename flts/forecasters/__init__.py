@@ -1,9 +1,9 @@
 """The registry of model families: training, scoring and serving look a MODEL_TYPE up here.
 
-A family (GRU, LSTM, PROPHET) says how it is trained (`Family.module`: `fit`), which settings
+A family (GRU, LSTM, PROPHET, LGBM) says how it is trained (`Family.module`: `fit`), which settings
 it reads (logged as the run's params) and how its model is served: its ArtifactFormat, i.e.
 the model file beside signature.json and the module that loads it for scoring (eval) and for
-serving (infer). GRU and LSTM share the ONNX format, so one loader serves both. The interface
+serving (infer). GRU, LSTM and LGBM share the ONNX format, so one loader serves them. The interface
 the modules implement is described in flts.forecasters.base.
 
 Adding a family: one module with `fit` (and, for a new format, the two loaders) plus its
@@ -82,10 +82,16 @@ FORMATS: tuple[ArtifactFormat, ...] = (ONNX, PROPHET_JSON)
 RNN_SETTINGS = ("val_fraction", "seed", "hidden_size", "num_layers", "dropout", "epochs", "batch_size",
                 "learning_rate", "weight_decay", "loss", "patience", "torch_threads", "onnx_opset", "parity_tolerance")
 
+LGBM_SETTINGS = ("val_fraction", "seed", "parity_tolerance", "lgbm_short_lags", "lgbm_seasons", "lgbm_level_rows",
+                 "lgbm_max_window", "lgbm_num_leaves", "lgbm_min_data_in_leaf", "lgbm_learning_rate",
+                 "lgbm_n_estimators", "lgbm_early_stopping_rounds", "lgbm_refit", "lgbm_threads")
+
 FAMILIES: tuple[Family, ...] = (
     Family("GRU", ONNX, "flts.forecasters.rnn", RNN_SETTINGS),
     Family("LSTM", ONNX, "flts.forecasters.rnn", RNN_SETTINGS),
     Family("PROPHET", PROPHET_JSON, "flts.forecasters.prophet", ("prophet_max_rows",)),
+    # Trees on lags, their features computed inside the ONNX graph: served like GRU/LSTM.
+    Family("LGBM", ONNX, "flts.forecasters.lgbm", LGBM_SETTINGS),
 )
 
 

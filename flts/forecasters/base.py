@@ -36,6 +36,8 @@ class Fitted:
     scaler: Any  # StandardScaler of the training rows the family fitted on (scaler/ files)
     metrics: dict[str, float] = field(default_factory=dict)  # the family's own figures (train_seconds, ...)
     series: dict[str, list[float]] = field(default_factory=dict)  # per-epoch curves
+    input_seq_len: int | None = None  # the window the served model reads, when the family sets it (LGBM: its
+    # largest lag); None = INPUT_SEQ_LEN
 
 
 class ScoringModel(Protocol):

@@ -153,16 +153,16 @@ def fit_and_write(job: Job, split: data.TrainData, folder: Path) -> tuple[dict, 
     target_scale = TargetScale.fit(split.train.target)
     metrics = {**regression_metrics(fitted.truth, fitted.forecast, target_scale), **fitted.metrics}
     artifacts.write_serving_model(folder / family.name, family.model_file, fitted.model_bytes,
-                                  _signature(job, split, family))
+                                  _signature(job, split, family, fitted.input_seq_len or job.settings.input_seq_len))
     artifacts.write_scaler(folder / "scaler", fitted.scaler, split.feature_columns, job.target, target_scale)
     return metrics, fitted.series
 
 
-def _signature(job: Job, split: data.TrainData, family: forecasters.Family) -> dict:
+def _signature(job: Job, split: data.TrainData, family: forecasters.Family, input_seq_len: int) -> dict:
     s = job.settings
     # A family that reads only the timestamps (Prophet) takes no feature column.
     columns = split.feature_columns if family.format.takes_features else []
     return artifacts.signature(fmt=family.format.name, feature_columns=columns, target=job.target,
-                               timestamp_column=job.timestamp_column, input_seq_len=s.input_seq_len,
+                               timestamp_column=job.timestamp_column, input_seq_len=input_seq_len,
                                output_seq_len=s.output_seq_len, frequency_seconds=split.frequency_seconds(),
                                config_hash=job.claim.config_hash, model_type=s.model_type)
