@@ -52,6 +52,7 @@ def _comma_list(value: Any) -> Any:
 Flag = Annotated[bool, BeforeValidator(_flag)]
 # `a, b,,c` → ("a", "b", "c"); the environment has no JSON lists.
 CommaList = Annotated[tuple[str, ...], BeforeValidator(_comma_list)]
+FloatList = Annotated[tuple[float, ...], BeforeValidator(_comma_list)]  # `0.8, 0.95` → (0.8, 0.95)
 
 
 def knob(env_name: str, default: Any, description: str, **constraints: Any) -> Any:

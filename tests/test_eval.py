@@ -118,7 +118,7 @@ def prophet_json(path: Path, train: pd.DataFrame) -> None:
 
 
 def log_run(env: dict, claim: events.DataClaim, model_type: str, factor: float = 1.0,
-            experiment: str | None = None):
+            experiment: str | None = None, validation: dict | None = None):
     """A FINISHED run with the trainer's MLflow layout; returns its SUCCESS event."""
     from mlflow import MlflowClient
 
@@ -146,10 +146,12 @@ def log_run(env: dict, claim: events.DataClaim, model_type: str, factor: float =
         fmt = "onnx"
     signature = {"format": fmt, "input_name": "input", "output_name": "forecast", "feature_columns": features,
                  "target": "down", "timestamp_column": "time", "input_seq_len": IN_LEN, "output_seq_len": OUT_LEN,
-                 "frequency_seconds": 120.0, "config_hash": claim.config_hash, "model_type": model_type}
+                 "frequency_seconds": 120.0, "config_hash": claim.config_hash, "model_type": model_type,
+                 **({"intervals": validation["intervals"]} if validation and validation["intervals"] else {})}
     (folder / "signature.json").write_bytes(orjson.dumps(signature))
     client.log_artifacts(run_id, str(folder), model_type)
-    metrics = {"rmse": 1.0, "mae": 1.0, "mse": 1.0, "score": 1.0, "train_seconds": 0.1}
+    metrics = {"rmse": 1.0, "mae": 1.0, "mse": 1.0, "score": 1.0, "train_seconds": 0.1,
+               **({"val_score": validation["score"], "val_windows": validation["windows"]} if validation else {})}
     for key, value in metrics.items():
         client.log_metric(run_id, key, value)
     client.set_terminated(run_id, "FINISHED")
@@ -221,6 +223,31 @@ def test_lowest_score_on_the_test_split_wins(env, capsys, factors, expected):
     # Every model forecast the same windows: the trainers' reported 1.0 never entered the ranking.
     assert len({row["windows"] for row in board}) == 1
     assert scores[expected] < 1.0
+
+
+def test_the_validation_score_chooses_and_the_winners_intervals_are_promoted(env, capsys):
+    """Honest selection: the test split is only reported (GRU forecasts the test windows better here)."""
+    claim = preprocess_dataset(env)
+    intervals = {"levels": [0.8, 0.95], "half_widths": [[1.0, 2.0], [3.0, 4.0]]}
+    log_run(env, claim, "GRU", 1.0, validation={"score": 0.9, "windows": 50, "intervals": intervals})
+    log_run(env, claim, "LSTM", 0.7, validation={"score": 0.2, "windows": 50, "intervals": intervals})
+    [selected] = handle(log_run(env, claim, "PROPHET", validation={"score": 0.5, "windows": 50,
+                                                                    "intervals": intervals}), env)
+    assert selected.data["model_type"] == "LSTM" and selected.data["intervals"] == intervals
+    board = log_lines(capsys.readouterr().err, "promotion_scoreboard")[-1]["scoreboard"]
+    assert [row["model_type"] for row in board] == ["LSTM", "PROPHET", "GRU"]
+    assert {row["selected_by"] for row in board} == {"val_score"}
+    test_scores = {row["model_type"]: row["score"] for row in board}
+    assert test_scores["GRU"] < test_scores["LSTM"]  # the test split would have chosen GRU
+
+
+def test_validation_on_unequal_windows_falls_back_to_the_test_score(env):
+    claim = preprocess_dataset(env)
+    log_run(env, claim, "GRU", 1.0, validation={"score": 0.9, "windows": 50, "intervals": None})
+    log_run(env, claim, "LSTM", 0.7, validation={"score": 0.2, "windows": 40, "intervals": None})
+    [selected] = handle(log_run(env, claim, "PROPHET", validation={"score": 0.5, "windows": 50,
+                                                                    "intervals": None}), env)
+    assert selected.data["model_type"] == "GRU"
 
 
 def test_redelivery_rewrites_the_same_pointer_without_new_history(env):
@@ -541,6 +568,10 @@ def test_real_trainers_then_eval_promote_one_servable_model(env):
     assert selected["run_id"] in {t["run_id"] for t in trained}
     assert selected["config_hash"] == trained[0]["config_hash"]
     assert (selected["input_seq_len"], selected["output_seq_len"]) == (6, 2)
+    # Calibrated on the winner's validation windows: one half-width per level and step, wider at 95 %.
+    assert selected["intervals"]["levels"] == [0.8, 0.95]
+    narrow, wide = selected["intervals"]["half_widths"]
+    assert len(narrow) == len(wide) == 2 and all(0 < a <= b for a, b in zip(narrow, wide, strict=True))
 
     pointer = resolve_pointer(store, "model-promotion", "walk")
     assert pointer.run_id == selected["run_id"]

@@ -138,11 +138,13 @@ def test_rnn_run_logs_the_contract_and_scores_the_served_graph(env, lte_dir, tmp
 
     signature = orjson.loads(download(env, data["run_id"], f"{model_type}/signature.json", tmp_path).read_bytes())
     columns = [c for c in train.columns if c != "time"]
+    intervals = signature.pop("intervals")  # conformal, from the validation windows
     assert signature == {
         "format": "onnx", "input_name": "input", "output_name": "forecast", "feature_columns": columns,
         "target": "down", "timestamp_column": "time", "input_seq_len": 10, "output_seq_len": 1,
         "frequency_seconds": 120.0, "config_hash": HASH, "model_type": model_type,
     }
+    assert intervals["levels"] == [0.8, 0.95] and 0 < intervals["half_widths"][0][0] <= intervals["half_widths"][1][0]
 
     # Raw test windows in, original units out: rescoring the downloaded graph gives the logged metrics.
     session = ort.InferenceSession(str(download(env, data["run_id"], f"{model_type}/model.onnx", tmp_path)))
@@ -195,6 +197,10 @@ def test_multi_step_output(env, tmp_path):
     x, _ = make_windows(test[["load", "temp"]].to_numpy(np.float32), test["load"].to_numpy(), 12, 3)
     assert session.run(["forecast"], {"input": x[:7]})[0].shape == (7, 3)
     assert session.get_inputs()[0].shape[1:] == [12, 2]
+    # Validated on the training tail the weights never saw: eval chooses on it and promotes its intervals.
+    assert {"val_score", "val_nrmse", "val_windows"} <= set(data["metrics"]) and data["metrics"]["val_windows"] > 0
+    intervals = signature["intervals"]
+    assert intervals["levels"] == [0.8, 0.95] and [len(row) for row in intervals["half_widths"]] == [3, 3]
 
 
 def test_onnx_export_matches_torch_with_manual_scaling():

@@ -216,20 +216,34 @@ def score_candidates(client, candidates: list[Candidate], split: scoring.Split,
     return scored, frame
 
 
-def _rank(s: Scored) -> tuple[float, int]:
+def selection_metric(scored: list[Scored]) -> str:
+    """What the winner is chosen on: "val_score", the trainers' scores of the same validation
+    windows (the training rows after the shared cut) by models that never trained on them, when
+    every candidate has one on equally many windows; else "score", eval's own test score (runs
+    from before validation was reported). Either way the test figures are what gets reported."""
+    windows = {s.candidate.reported.get("val_windows") for s in scored}
+    honest = all("val_score" in s.candidate.reported for s in scored) and len(windows) == 1
+    return "val_score" if honest else "score"
+
+
+def _rank(s: Scored, by: str = "score") -> tuple[float, int]:
     """Lowest score first; on a tie the newest run (latest start time)."""
-    return s.metrics["score"], -s.candidate.start_time
+    value = s.candidate.reported[by] if by == "val_score" else s.metrics["score"]
+    return value, -s.candidate.start_time
 
 
 def pick_winner(scored: list[Scored]) -> Scored:
-    return min(scored, key=_rank)
+    by = selection_metric(scored)
+    return min(scored, key=lambda s: _rank(s, by))
 
 
 def scoreboard_rows(scored: list[Scored]) -> list[dict]:
+    by = selection_metric(scored)
     rows = []
-    for s in sorted(scored, key=_rank):
+    for s in sorted(scored, key=lambda s: _rank(s, by)):
         rows.append({"run_id": s.candidate.run_id, "model_type": s.candidate.model_type,
-                     "start_time": s.candidate.start_time, **s.metrics,
+                     "start_time": s.candidate.start_time, **s.metrics, "selected_by": by,
+                     "val_score": s.candidate.reported.get("val_score"),
                      "trainer_score": s.candidate.reported.get("score")})
     return rows
 
@@ -310,6 +324,7 @@ def build_pointer(request: ModelTraining, winner: Scored, bucket: str, artifact_
         target=sig.get("target"),
         timestamp_column=sig.get("timestamp_column"),
         frequency_seconds=sig.get("frequency_seconds"),
+        intervals=sig.get("intervals"),  # conformal, from the winner's validation residuals (the trainer's)
         nrmse=winner.metrics["nrmse"],
         mase=winner.metrics["mase"],
         rmse_orig=winner.metrics["rmse_orig"],

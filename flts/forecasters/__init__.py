@@ -89,7 +89,7 @@ LGBM_SETTINGS = ("val_fraction", "seed", "parity_tolerance", "lgbm_short_lags", 
 FAMILIES: tuple[Family, ...] = (
     Family("GRU", ONNX, "flts.forecasters.rnn", RNN_SETTINGS),
     Family("LSTM", ONNX, "flts.forecasters.rnn", RNN_SETTINGS),
-    Family("PROPHET", PROPHET_JSON, "flts.forecasters.prophet", ("prophet_max_rows",)),
+    Family("PROPHET", PROPHET_JSON, "flts.forecasters.prophet", ("prophet_max_rows", "val_fraction")),
     # Trees on lags, their features computed inside the ONNX graph: served like GRU/LSTM.
     Family("LGBM", ONNX, "flts.forecasters.lgbm", LGBM_SETTINGS),
 )

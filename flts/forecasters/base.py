@@ -36,6 +36,10 @@ class Fitted:
     scaler: Any  # StandardScaler of the training rows the family fitted on (scaler/ files)
     metrics: dict[str, float] = field(default_factory=dict)  # the family's own figures (train_seconds, ...)
     series: dict[str, list[float]] = field(default_factory=dict)  # per-epoch curves
+    # (forecasts, truths) [windows, output_seq_len] of the validation windows (targets: the training
+    # rows after the shared cut, flts.windows.validation_rows) by a model that never trained on them:
+    # eval chooses the model to promote on these, and calibrates its intervals on their residuals.
+    validation: tuple[np.ndarray, np.ndarray] | None = None
     input_seq_len: int | None = None  # the window the served model reads, when the family sets it (LGBM: its
     # largest lag); None = INPUT_SEQ_LEN
 

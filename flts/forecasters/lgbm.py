@@ -272,7 +272,7 @@ def fit(settings: TrainSettings, split: TrainData, folder: Path, label: str) -> 
     preprocess = onnx_format.open_session(features_model(plan, len(split.feature_columns)), "the LGBM feature graph")
     cut = len(split.train.target) - validation_rows(len(split.train.target), plan.input_len, settings.output_seq_len,
                                                     settings.val_fraction)
-    boosters, val_mse = fit_boosters(settings, split, plan, preprocess, cut)
+    boosters, val_mse, validation = fit_boosters(settings, split, plan, preprocess, cut)
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
     std = TargetScale.fit(split.train.target).std
@@ -285,18 +285,22 @@ def fit(settings: TrainSettings, split: TrainData, folder: Path, label: str) -> 
                   metrics={"train_seconds": train_seconds, "export_seconds": time.perf_counter() - started,
                            "onnx_max_abs_diff": diff, "best_iteration": max(rounds), "trees": sum(rounds),
                            "val_loss": float(np.mean(val_mse)) / std ** 2, "test_lookback_rows": lookback},
-                  input_seq_len=plan.input_len)
+                  validation=validation, input_seq_len=plan.input_len)
 
 
-def fit_boosters(settings: TrainSettings, split: TrainData, plan: LagPlan, preprocess, cut: int) -> tuple[list, list]:
-    """Each step's booster and its validation mse; the fit part is the training rows before `cut`,
+def fit_boosters(settings: TrainSettings, split: TrainData, plan: LagPlan, preprocess,
+                 cut: int) -> tuple[list, list, tuple[np.ndarray, np.ndarray]]:
+    """Each step's booster, its validation mse, and the validation (forecasts, truths) of the boosters
+    before any refit (they never trained on those windows); the fit part is the training rows before `cut`,
     the validation windows' targets lie after it (their inputs reach back before it)."""
     train, horizon = split.train, settings.output_seq_len
     fit_table = feature_table(preprocess, train.features[:cut], train.target[:cut], plan, horizon)
     back = cut - plan.input_len
     val_table = feature_table(preprocess, train.features[back:], train.target[back:], plan, horizon)
-    boosters, val_mse = zip(*(train_booster(settings, fit_table, val_table, h) for h in range(horizon)), strict=True)
-    return list(boosters), list(val_mse)
+    boosters, val_mse, val_change = zip(*(train_booster(settings, fit_table, val_table, h) for h in range(horizon)),
+                                        strict=True)
+    val_forecast = val_table.level[:, None] + np.stack(val_change, axis=1)
+    return list(boosters), list(val_mse), (val_forecast, val_table.truth)
 
 
 def export_checked(split: TrainData, plan: LagPlan, preprocess, boosters: list,
@@ -314,7 +318,8 @@ def export_checked(split: TrainData, plan: LagPlan, preprocess, boosters: list,
 def train_booster(settings: TrainSettings, fit_table: Table, val_table: Table, step: int):
     """One step's booster: as many rounds as early stopping on the validation tail finds, fitted
     again on every training window when LGBM_REFIT (the tail is the most recent data). Returns it
-    (thresholds as float32) and the best validation mse of the early-stopping fit (original units)."""
+    (thresholds as float32), the best validation mse of the early-stopping fit (original units) and
+    that fit's forecasts of the validation windows' change from the level."""
     params = {"objective": "regression", "learning_rate": settings.lgbm_learning_rate,
               "num_leaves": settings.lgbm_num_leaves, "min_data_in_leaf": settings.lgbm_min_data_in_leaf,
               "num_threads": settings.lgbm_threads, "seed": settings.seed, "deterministic": True,
@@ -324,13 +329,14 @@ def train_booster(settings: TrainSettings, fit_table: Table, val_table: Table, s
     booster = lgb.train(params, fit_set, settings.lgbm_n_estimators, valid_sets=[val_set],
                         callbacks=[lgb.early_stopping(settings.lgbm_early_stopping_rounds, verbose=False)])
     rounds, val_mse = booster.best_iteration, booster.best_score["valid_0"]["l2"]
+    val_change = booster.predict(val_table.steps[step], num_iteration=rounds)
     if rounds >= settings.lgbm_n_estimators:
         log("lgbm_rounds_capped", level="warning", step=step, rounds=rounds)
     if settings.lgbm_refit:
         every = lgb.Dataset(np.concatenate([fit_table.steps[step], val_table.steps[step]]),
                             np.concatenate([fit_table.change(step), val_table.change(step)]))
         booster = lgb.train(params, every, rounds)
-    return float32_thresholds(booster.model_to_string(num_iteration=rounds)), val_mse
+    return float32_thresholds(booster.model_to_string(num_iteration=rounds)), val_mse, val_change
 
 
 _THRESHOLDS = re.compile(r"^threshold=(.*)$", re.MULTILINE)

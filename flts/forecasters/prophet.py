@@ -25,13 +25,14 @@ import pandas as pd
 from flts.forecasters.base import ArtifactError, Fitted, first_line, require_columns
 from flts.logs import log
 from flts.train.artifacts import fit_scaler
+from flts.train.data import Split, validation_rows
 from flts.train.errors import TrainingError
 from flts.windows import make_windows
 
 if TYPE_CHECKING:
     from flts.infer.features import InputSpec
     from flts.infer.settings import ServingSettings
-    from flts.train.data import Split, TrainData
+    from flts.train.data import TrainData
     from flts.train.settings import TrainSettings
 
 
@@ -40,11 +41,25 @@ if TYPE_CHECKING:
 def fit(settings: TrainSettings, split: TrainData, folder: Path, label: str) -> Fitted:
     from prophet.serialize import model_to_json
 
+    in_len, out_len = settings.input_seq_len, settings.output_seq_len
     model, seconds = fit_prophet(split.train, settings.prophet_max_rows)
     future = pd.DataFrame({"ds": split.test.times.to_numpy()})
-    pred, truth = forecast_windows(model, future, split.test.target, settings.input_seq_len, settings.output_seq_len)
+    pred, truth = forecast_windows(model, future, split.test.target, in_len, out_len)
     return Fitted(model_bytes=model_to_json(model).encode(), forecast=pred, truth=truth,
-                  scaler=fit_scaler(split.train.features, split.feature_columns), metrics={"train_seconds": seconds})
+                  scaler=fit_scaler(split.train.features, split.feature_columns), metrics={"train_seconds": seconds},
+                  validation=validation_forecasts(settings, split.train))
+
+
+def validation_forecasts(settings: TrainSettings, train: Split) -> tuple[np.ndarray, np.ndarray]:
+    """A second fit on the rows before the validation cut, forecasting the validation windows
+    (the served model, fitted on every training row, would be in-sample there)."""
+    in_len, out_len = settings.input_seq_len, settings.output_seq_len
+    cut = len(train.target) - validation_rows(len(train.target), in_len, out_len, settings.val_fraction)
+    before = Split(train.features[:cut], train.target[:cut], train.times.iloc[:cut])
+    model, _ = fit_prophet(before, settings.prophet_max_rows)
+    rows = slice(cut - in_len, None)  # the validation windows' inputs reach back before the cut
+    return forecast_windows(model, pd.DataFrame({"ds": train.times.iloc[rows].to_numpy()}), train.target[rows],
+                            in_len, out_len)
 
 
 def fit_prophet(train: Split, max_rows: int = 0):

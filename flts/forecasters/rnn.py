@@ -52,7 +52,8 @@ def fit(settings: TrainSettings, split: TrainData, folder: Path, label: str) -> 
     export_seconds = time.perf_counter() - started
     write_loss_curve(folder / "plots" / "loss_curve.png", result.train_losses, result.val_losses,
                      result.best_epoch, label)
-    return Fitted(model_bytes, served, y_test, scaler,
+    x_val, y_val = val_windows  # the restored model's early stopping saw them; its weights did not
+    return Fitted(model_bytes, served, y_test, scaler, validation=(predict(result.model, x_val), y_val),
                   metrics={"train_seconds": result.seconds, "export_seconds": export_seconds,
                            "onnx_max_abs_diff": diff, "best_epoch": result.best_epoch,
                            "epochs_run": len(result.train_losses), "val_loss": result.best_val_loss},

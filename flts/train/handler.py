@@ -19,7 +19,7 @@ from pathlib import Path
 from flts import events, forecasters
 from flts.events import DataClaim, EventError, ModelTraining
 from flts.logs import error, log
-from flts.metrics import TargetScale, regression_metrics
+from flts.metrics import TargetScale, conformal_half_widths, regression_metrics
 from flts.settings import Env
 from flts.storage import store_from_env
 from flts.train import artifacts, data, tracking
@@ -152,10 +152,23 @@ def fit_and_write(job: Job, split: data.TrainData, folder: Path) -> tuple[dict, 
     fitted = family.fit(job.settings, split, folder, f"{family.name} {job.claim.identifier}")
     target_scale = TargetScale.fit(split.train.target)
     metrics = {**regression_metrics(fitted.truth, fitted.forecast, target_scale), **fitted.metrics}
-    artifacts.write_serving_model(folder / family.name, family.model_file, fitted.model_bytes,
-                                  _signature(job, split, family, fitted.input_seq_len or job.settings.input_seq_len))
+    signature = _signature(job, split, family, fitted.input_seq_len or job.settings.input_seq_len)
+    if fitted.validation is not None:
+        val_metrics, signature["intervals"] = _validation(job.settings, fitted.validation, target_scale)
+        metrics.update(val_metrics)
+    artifacts.write_serving_model(folder / family.name, family.model_file, fitted.model_bytes, signature)
     artifacts.write_scaler(folder / "scaler", fitted.scaler, split.feature_columns, job.target, target_scale)
     return metrics, fitted.series
+
+
+def _validation(settings: TrainSettings, validation: tuple, target_scale: TargetScale) -> tuple[dict, dict]:
+    """The validation windows' metrics (`val_` prefixed: eval chooses on them) and the conformal
+    intervals their residuals give (they travel in signature.json to the promotion pointer)."""
+    forecast, truth = validation
+    metrics = {f"val_{name}": value for name, value in regression_metrics(truth, forecast, target_scale).items()}
+    metrics["val_windows"] = len(truth)
+    levels = list(settings.interval_levels)
+    return metrics, {"levels": levels, "half_widths": conformal_half_widths(truth, forecast, levels)}
 
 
 def _signature(job: Job, split: data.TrainData, family: forecasters.Family, input_seq_len: int) -> dict:

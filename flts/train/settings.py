@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import field_validator
 
 from flts import forecasters
-from flts.settings import DataColumns, Flag, Tracking, knob
+from flts.settings import DataColumns, Flag, FloatList, Tracking, knob
 
 
 class TrainSettings(DataColumns, Tracking):
@@ -31,15 +31,16 @@ class TrainSettings(DataColumns, Tracking):
     weight_decay: float = knob("WEIGHT_DECAY", 0.0, "GRU/LSTM: L2 weight decay", ge=0)
     loss: Literal["mse", "huber"] = knob("LOSS", "mse", "GRU/LSTM: training loss")
     patience: int = knob("PATIENCE", 10, "GRU/LSTM: epochs without a better validation loss before stopping", ge=1)
-    val_fraction: float = knob("VAL_FRACTION", 0.1, "GRU/LSTM: last fraction of the training split for validation",
+    val_fraction: float = knob("VAL_FRACTION", 0.1, "last fraction of the training split held out for validation: early "
+                               "stopping, and the scores eval chooses the model on",
                                gt=0, lt=1)
-    seed: int = knob("SEED", 0, "GRU/LSTM: random seed", ge=0)
+    seed: int = knob("SEED", 0, "GRU/LSTM/LGBM: random seed", ge=0)
     # One thread: with these small matrices, two threads spend more time synchronising than
     # computing (measured: a GRU epoch on PobleSec 0.2 s with 1 thread, 2-3 s with 2 on a busy box).
     torch_threads: int = knob("TORCH_THREADS", 1, "GRU/LSTM: torch threads", ge=1)
     onnx_opset: int = knob("ONNX_OPSET", 17, "GRU/LSTM: ONNX opset of the exported model", ge=17)
     parity_tolerance: float = knob("PARITY_TOLERANCE", 1e-3,
-                                   "GRU/LSTM: max |onnx - torch| allowed, as a fraction of the target's std", gt=0)
+                                   "GRU/LSTM/LGBM: max |ONNX graph - framework| allowed, as a fraction of the target's std", gt=0)
     prophet_max_rows: int = knob("PROPHET_MAX_ROWS", 0, "PROPHET: fit on the last N training rows; 0 = all", ge=0)
     # LGBM defaults measured on PobleSec, ElBorn (2-minute) and the hourly bike data: test NRMSE
     # 0.498, 0.441, 0.182 (GRU 0.494, 0.442, 0.193), 0.3-4 s to fit on one thread. The weekly lag of
@@ -66,6 +67,8 @@ class TrainSettings(DataColumns, Tracking):
                                                 "whole training split, validation tail included")
     # One thread, as for torch: on two busy cores a second OpenMP thread made each round slower.
     lgbm_threads: int = knob("LGBM_THREADS", 1, "LGBM: lightgbm threads", ge=1)
+    interval_levels: FloatList = knob("INTERVAL_LEVELS", (0.8, 0.95),
+                                      "prediction interval levels, calibrated on the validation windows")
     skip_duplicates: Flag = knob("SKIP_DUPLICATE_CONFIGS", True,
                                  "skip training when a finished run of this type and config hash exists")
     artifact_root: str = knob("MLFLOW_ARTIFACT_ROOT", "",
@@ -88,6 +91,13 @@ class TrainSettings(DataColumns, Tracking):
         except (TypeError, ValueError):
             pass
         raise ValueError("comma-separated periods in hours, each > 0 (or none)")
+
+    @field_validator("interval_levels")
+    @classmethod
+    def _probabilities(cls, levels: tuple[float, ...]) -> tuple[float, ...]:
+        if not levels or not all(0 < level < 1 for level in levels):
+            raise ValueError("levels between 0 and 1, e.g. 0.8,0.95")
+        return levels
 
     @field_validator("loss", mode="before")
     @classmethod
