@@ -58,12 +58,15 @@ class Capacity:
     timeout_seconds: int  # one request; a trainer fits a whole training run in it (Knative max 600)
     requests: dict[str, str]
     limits: dict[str, str]
-    autoscale_target: int = 0  # soft concurrency target per instance (0: = concurrency)
+    # The share of `concurrency` the autoscaler keeps busy per instance, in percent: 100 for one
+    # event at a time (below it, one event in flight would ask for two instances).
+    target_utilization: int = 100
     min_scale: int = 0
 
     @property
-    def target_concurrency(self) -> int:
-        return self.autoscale_target or self.concurrency
+    def effective_target(self) -> float:
+        """Requests in flight per instance the autoscaler aims at."""
+        return self.concurrency * self.target_utilization / 100
 
 
 @dataclass(frozen=True)

@@ -3,16 +3,27 @@
 #   - Apache Kafka (KRaft) jars from Maven Central      -> $FLTS_CACHE/kafka/libs
 #   - versitygw S3 server (go install), s3proxy fallback -> $FLTS_CACHE/bin/versitygw
 #   - PostgreSQL server from Debian packages             -> /usr/lib/postgresql/*/bin
+# and what checks the deployment manifests with upstream code (tests/test_deploy_upstream.py):
+#   - etcd from Debian packages (etcd-server)           -> /usr/bin/etcd
+#   - kube-apiserver built from k8s.io/kubernetes        -> $FLTS_CACHE/bin/kube-apiserver
+#     (deploy/checks/kube-apiserver; 3-4 min on 2 cores the first time)
+#   - Knative's webhook code, built                      -> $FLTS_CACHE/bin/flts-knative-check
+#     (deploy/checks/knative; 1-2 min the first time)
+#   - a Go toolchain when none (>= 1.21) is installed: Debian's golang-go bootstraps the
+#     golang.org/toolchain module from the Go module proxy -> $FLTS_CACHE/go
 # A second run only checks stamps and takes a couple of seconds.
 #
 # Env: FLTS_CACHE (default ~/.cache/flts), FLTS_SKIP_POSTGRES=1, FLTS_SKIP_KAFKA=1,
-#      FLTS_SKIP_S3=1, FLTS_FORCE=1 (ignore the stamps and reinstall),
-#      FLTS_S3_SERVER=s3proxy (install the Java fallback S3 server instead of versitygw).
+#      FLTS_SKIP_S3=1, FLTS_SKIP_CHECKS=1 (no etcd/kube-apiserver/Knative checker: their
+#      tests then fail), FLTS_FORCE=1 (ignore the stamps and reinstall),
+#      FLTS_S3_SERVER=s3proxy (install the Java fallback S3 server instead of versitygw),
+#      FLTS_GO_TOOLCHAIN (default go1.26.8: the toolchain fetched when no Go is installed).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${FLTS_CACHE:-$HOME/.cache/flts}"
 VERSITYGW_VERSION="${VERSITYGW_VERSION:-v1.7.0}"
+GO_TOOLCHAIN="${FLTS_GO_TOOLCHAIN:-go1.26.8}"
 S3PROXY_VERSION="${S3PROXY_VERSION:-2.6.0}"
 MVN_DEP_PLUGIN="org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 mkdir -p "$CACHE/bin"
@@ -116,6 +127,69 @@ install_postgres() {
     say "postgres: installed ($(ls -d /usr/lib/postgresql/*/bin | tail -1))"
 }
 
+# ---------------------------------------------------------------- manifest checks (upstream code)
+install_etcd() {
+    if command -v etcd >/dev/null 2>&1; then say "etcd: present ($(command -v etcd))"; return; fi
+    apt_install etcd-server
+    # The package may enable a system etcd on :2379; the checks start their own on free ports.
+    if [[ -d /run/systemd/system ]]; then systemctl disable --now etcd >/dev/null 2>&1 || true; fi
+    say "etcd: installed ($(etcd --version | head -1))"
+}
+
+go_usable() {  # go_usable GO: a Go that can switch toolchains itself (>= 1.21) and build modules
+    local v; v="$("$1" env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p')"
+    [[ -n "$v" && "$v" -ge 21 ]]
+}
+
+ensure_go() {  # sets GO: the go command the checks are built with
+    GO="$(command -v go || true)"
+    if [[ -n "$GO" ]] && go_usable "$GO"; then return; fi
+    local dir="$CACHE/go/$GO_TOOLCHAIN"
+    GO="$dir/bin/go"
+    if [[ -x "$GO" ]]; then return; fi
+    # No Go (or one too old to fetch toolchains): Debian's golang-go downloads the toolchain
+    # as the Go module golang.org/toolchain, from the Go module proxy.
+    local boot; boot="$(command -v go || true)"
+    if [[ -z "$boot" ]]; then apt_install golang-go; boot="$(command -v go)"; fi
+    local module="golang.org/toolchain@v0.0.1-$GO_TOOLCHAIN.linux-$(uname -m | sed 's/x86_64/amd64/; s/aarch64/arm64/')"
+    say "go: fetching $module with $("$boot" version | cut -d' ' -f3) ..."
+    local modcache="$CACHE/go/modcache"
+    GOMODCACHE="$modcache" GOFLAGS=-modcacherw GOTOOLCHAIN=local "$boot" mod download "$module" \
+        || die "could not fetch the Go toolchain $module from the Go module proxy"
+    mkdir -p "$CACHE/go"
+    rm -rf "$dir.tmp"; cp -a "$modcache/$module" "$dir.tmp"; mv "$dir.tmp" "$dir"
+    chmod +x "$dir/bin/"* "$dir/pkg/tool/"*/* 2>/dev/null || true
+    unset GOROOT  # the bootstrap's; the fetched toolchain finds its own
+    "$GO" version >/dev/null || die "the fetched Go toolchain does not run: $GO"
+}
+
+# build_check NAME DIR PACKAGE [LDFLAGS]: go build a check program of deploy/checks/ into $CACHE/bin,
+# again only when its sources (go.mod, go.sum, *.go) or the Go version change.
+build_check() {
+    local name=$1 dir="$HERE/../deploy/checks/$2" package=$3 ldflags="${4:-}"
+    local bin="$CACHE/bin/$name" stamp="$CACHE/bin/.$name-stamp" want
+    want="$(cd "$dir" && cat go.mod go.sum $(ls *.go 2>/dev/null) | sha256sum | cut -d' ' -f1) $("$GO" env GOVERSION)"
+    if [[ -x "$bin" ]] && stamp_ok "$stamp" "$want"; then say "$name: cached ($bin)"; return; fi
+    say "$name: building $package with $("$GO" env GOVERSION) (deploy/checks/$2) ..."
+    local started=$SECONDS
+    (cd "$dir" && CGO_ENABLED=0 "$GO" build -mod=readonly -trimpath -ldflags "-s -w $ldflags" -o "$bin.tmp" "$package") \
+        || die "go build of $package failed (see above)"
+    mv "$bin.tmp" "$bin"
+    echo "$want" > "$stamp"
+    say "$name: built in $((SECONDS - started))s ($bin)"
+}
+
+install_checks() {
+    install_etcd
+    ensure_go
+    local k8s; k8s="$(sed -n 's/^\tk8s.io\/kubernetes \(v[0-9.]*\).*/\1/p' "$HERE/../deploy/checks/kube-apiserver/go.mod")"
+    [[ -n "$k8s" ]] || die "no k8s.io/kubernetes version in deploy/checks/kube-apiserver/go.mod"
+    local minor="${k8s#v1.}"; minor="${minor%%.*}"
+    build_check kube-apiserver kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver \
+        "-X k8s.io/component-base/version.gitVersion=$k8s -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
+    build_check flts-knative-check knative .
+}
+
 t0=$(date +%s%N)
 [[ -n "${FLTS_SKIP_KAFKA:-}" ]] || install_kafka
 if [[ -z "${FLTS_SKIP_S3:-}" ]]; then
@@ -123,5 +197,6 @@ if [[ -z "${FLTS_SKIP_S3:-}" ]]; then
 fi
 [[ -n "${FLTS_SKIP_POSTGRES:-}" ]] || install_postgres
 [[ -n "${FLTS_SKIP_WRK:-}" ]] || install_wrk
+[[ -n "${FLTS_SKIP_CHECKS:-}" ]] || install_checks
 ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 say "infra: installed in $((ms / 1000)).$(( (ms % 1000) / 100 ))s (cache $CACHE)"

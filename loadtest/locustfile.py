@@ -62,7 +62,10 @@ def build_bodies(path: Path, length: int, timestamp_column: str, count: int) -> 
 @events.test_start.add_listener
 def prepare(environment, **_):
     host = environment.host.rstrip("/")
-    model = _get_json(f"{host}/readyz")["model"]  # fails loudly when no model is loaded
+    ready = _get_json(f"{host}/readyz")
+    model = ready["model"]
+    if model is None:
+        raise RuntimeError(f"{host} serves no model yet: {ready.get('reason')}")
     BODIES[:] = build_bodies(DATA, model["input_seq_len"], model["timestamp_column"], WINDOWS)
     for body in BODIES[:WARMUP]:  # warm-up: first connections, first ORT runs; not in the stats
         request = urllib.request.Request(f"{host}/predict", data=body, headers={"Content-Type": "application/json"})

@@ -32,7 +32,7 @@ CLUSTER_SPECIFIC = {"S3_ENDPOINT", "MLFLOW_TRACKING_URI"}
 
 
 def code_files() -> list[Path]:
-    generator = REPO / "flts" / "deploy"  # names every variable it writes: it proves nothing
+    generator = REPO / "flts" / "dev" / "deploy"  # names every variable it writes: it proves nothing
     return [p for d in CODE_DIRS for p in (REPO / d).rglob("*.py")
             if "__pycache__" not in p.parts and generator not in p.parents]
 
@@ -71,17 +71,29 @@ def openfaas_env_names(fn: dict) -> set[str]:
 
 
 # --------------------------------------------------------------------------- routing
-def test_every_routed_event_type_has_a_subscriber_on_both_platforms(knative, stack):
+def dispatched_topics(dispatcher) -> set[tuple[str, str]]:
+    """(deployment, topic) the OpenFaaS CE trigger (the dispatcher) delivers, parsed by its own code."""
+    from flts.dispatcher import parse_targets, routes_from_table
+
+    deployment = next(o for o in dispatcher if o["kind"] == "Deployment")
+    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    routes = routes_from_table(parse_targets(env["DISPATCH_TARGETS"]))
+    return {(s.deployment, topic) for s in routes.subscriptions for topic in s.topics}
+
+
+def test_every_routed_event_type_has_a_subscriber_on_both_platforms(knative, stack, dispatcher):
     triggers = {(o["spec"]["subscriber"]["ref"]["name"], o["spec"]["filter"]["attributes"]["type"])
                 for o in knative if o["kind"] == "Trigger"}
-    deployed = set(services(knative))
+    deployed, dispatched = set(services(knative)), dispatched_topics(dispatcher)
+    pro = deploy.stack(deploy.RenderOptions(openfaas_edition=deploy.Edition.PRO))["functions"]
     for event_type, topic in routing.TOPICS.items():
         subscribers = routing.subscribers(event_type)
         assert subscribers, f"{event_type} is routed to topic {topic} but no deployment takes it"
         for d in subscribers:
             assert d.name in deployed and d.name in stack["functions"]
             assert (d.name, event_type) in triggers, f"no Trigger delivers {event_type} to {d.name}"
-            assert topic in stack["functions"][d.name]["annotations"]["topic"].split(",")
+            assert (d.name, topic) in dispatched, f"the dispatcher (CE) does not deliver {topic} to {d.name}"
+            assert topic in pro[d.name]["annotations"]["topic"].split(","), f"Pro's connector misses {topic}"
 
 
 def test_triggers_filter_only_on_routed_types_and_reach_only_declared_subscribers(knative):
@@ -259,28 +271,3 @@ def test_targets_and_health_routes_exist_in_the_function_code(function, knative)
     for container in service_probes(knative, function):
         assert container["readinessProbe"]["httpGet"]["path"] == fs.readiness_path
         assert container["livenessProbe"]["httpGet"]["path"] == fs.liveness_path
-
-
-def test_function_requirements_pin_the_lock_and_keep_infer_light():
-    from flts.dev.deploy import REQUIREMENTS, requirements_txt
-
-    infer = requirements_txt("infer")
-    for heavy in ("torch", "pandas", "mlflow", "prophet"):
-        assert f"\n{heavy}==" not in infer
-    assert "\nonnxruntime==" in infer and "\ntorch==" in requirements_txt("train")
-    for path, extra in REQUIREMENTS.items():
-        lines = requirements_txt(extra).splitlines()
-        assert lines[1] == f"-e ../..[{extra}]", path
-        assert all("==" in line for line in lines[2:]), path
-
-
-def test_a_dependency_missing_from_the_lock_is_named(tmp_path, repo):
-    import shutil
-
-    from flts.dev.deploy import requirements_txt
-
-    shutil.copy(repo / "pyproject.toml", tmp_path / "pyproject.toml")
-    lock = (repo / "requirements.lock").read_text()
-    (tmp_path / "requirements.lock").write_text("\n".join(line for line in lock.splitlines() if not line.startswith("starlette==")))
-    with pytest.raises(ValueError, match="starlette .*not in requirements.lock"):
-        requirements_txt("infer", repo=tmp_path)

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flts import events, forecasters, routing
+from flts import forecasters, routing
 from flts.dev import deploy
+from flts.spec import Scaling
 
 REPO = Path(__file__).resolve().parent.parent
 KNATIVE_FILES = sorted(deploy.knative_files())
+UTILIZATION = "autoscaling.knative.dev/target-utilization-percentage"
 
 
 def committed_objects() -> list[dict]:
@@ -169,15 +171,21 @@ def test_one_service_per_deployment_and_one_trainer_per_model_type(objects):
     assert sorted(_env(s)["MODEL_TYPE"]["value"] for s in trainers.values()) == sorted(forecasters.names())
 
 
+def _annotations(service: dict) -> dict[str, str]:
+    return service["spec"]["template"]["metadata"]["annotations"]
+
+
 def test_inference_service_scales_on_its_inflight_limit(objects):
     infer = by_kind(objects, "Service")["infer"]
     template = infer["spec"]["template"]
-    ann = template["metadata"]["annotations"]
+    ann = _annotations(infer)
     max_inflight = int(_env(infer)["MAX_INFLIGHT"]["value"])
     assert template["spec"]["containerConcurrency"] == max_inflight
     assert ann["autoscaling.knative.dev/min-scale"] == "0"
     assert int(ann["autoscaling.knative.dev/max-scale"]) >= 1
-    assert 0 < int(ann["autoscaling.knative.dev/target"]) <= max_inflight
+    # Scale out at 75 % of the admission limit: target × utilisation, as the autoscaler computes it.
+    effective = int(ann["autoscaling.knative.dev/target"]) * int(ann[UTILIZATION]) / 100
+    assert effective == routing.function_spec("infer").capacity.effective_target == max_inflight * 0.75
     assert ann["autoscaling.knative.dev/metric"] == "concurrency"
     container = _container(infer)
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
@@ -186,15 +194,55 @@ def test_inference_service_scales_on_its_inflight_limit(objects):
     assert "networking.knative.dev/visibility" not in infer["metadata"]["labels"]  # /predict is public
 
 
-def test_trainers_time_out_after_a_training_run_and_their_triggers_wait_as_long(objects):
+def test_an_event_worker_gets_one_instance_per_event_in_flight(objects):
+    for d in routing.DEPLOYMENTS:
+        if d.spec.scaling is Scaling.EVENT_WORKER:
+            ann = _annotations(by_kind(objects, "Service")[d.name])
+            assert (ann["autoscaling.knative.dev/target"], ann[UTILIZATION]) == ("1", "100"), d.name
+
+
+def test_every_trigger_waits_for_a_cold_start_plus_the_whole_request(objects):
+    """The per-attempt timeout outlasts the progress deadline (a cold start, the image pulled) plus
+    timeoutSeconds: shorter, the Broker retries while the first attempt runs, onto a second pod."""
     services, triggers = by_kind(objects, "Service"), by_kind(objects, "Trigger")
     for d in routing.DEPLOYMENTS:
-        if d.function != "train":
-            continue
-        timeout = services[d.name]["spec"]["template"]["spec"]["timeoutSeconds"]
-        assert 300 <= timeout <= 600
-        trigger = triggers[f"{d.name}-{routing.topic_of(events.TRAINING_DATA)}"]
-        assert trigger["spec"]["delivery"]["timeout"] == f"PT{timeout}S"
+        service = services[d.name]
+        timeout = service["spec"]["template"]["spec"]["timeoutSeconds"]
+        deadline = _annotations(service)["serving.knative.dev/progress-deadline"]
+        assert deadline == f"{deploy.cluster.cold_start_seconds(d)}s"
+        for event_type in d.subscribes:
+            delivery = triggers[f"{d.name}-{routing.topic_of(event_type)}"]["spec"]["delivery"]
+            assert delivery["timeout"] == f"PT{int(deadline[:-1]) + timeout}S"
+    assert deploy.delivery_timeout_errors(objects) == []
+
+
+def test_a_delivery_timeout_shorter_than_cold_start_plus_training_is_caught(objects):
+    objs = copy.deepcopy(objects)
+    trigger = by_kind(objs, "Trigger")["train-gru-training-data"]
+    trigger["spec"]["delivery"]["timeout"] = "PT600S"  # = timeoutSeconds: the cold start is not covered
+    errors = deploy.semantic_errors(objs)
+    assert len(errors) == 1 and "delivery timeout PT600S (600 s) is shorter than Service 'train-gru'" in errors[0]
+
+
+def test_an_effective_target_below_one_is_caught(objects):
+    """Knative's default utilisation (70 %) turns a target of 1 into 0.7: two pods per event."""
+    objs = copy.deepcopy(objects)
+    del _annotations(by_kind(objs, "Service")["train-gru"])[UTILIZATION]
+    errors = deploy.semantic_errors(objs)
+    assert any("effective autoscaling target 0.7" in e and "asks for 2 instances" in e for e in errors), errors
+
+
+@pytest.mark.parametrize("replication", [3, 1])
+def test_kafka_sinks_replicate_their_topics_as_rendered(replication):
+    options = deploy.RenderOptions(kafka_replication=replication)
+    sinks = [o for o in deploy.knative_files(options)["eventing/knative/kafka-sinks.yaml"]]
+    assert sinks and {s["spec"]["replicationFactor"] for s in sinks} == {replication}
+
+
+def test_the_committed_kafka_sinks_are_durable_and_a_zero_replication_is_refused(objects):
+    assert {s["spec"]["replicationFactor"] for s in by_kind(objects, "KafkaSink").values()} == {3}
+    with pytest.raises(ValueError, match="kafka_replication must be >= 1"):
+        deploy.RenderOptions(kafka_replication=0)
 
 
 def test_event_functions_are_cluster_local_and_every_service_runs_as_non_root(objects):

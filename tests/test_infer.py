@@ -288,7 +288,8 @@ def test_scale_workers_needs_the_token_and_keeps_in_flight_requests(store, windo
 def test_health_readiness_and_metrics(file_store, window):
     with running_server(create_app(env_for(file_store), file_store)) as url:
         assert httpx.get(url + "/healthz").status_code == 200
-        assert httpx.get(url + "/readyz").status_code == 503  # nothing promoted yet
+        nothing = httpx.get(url + "/readyz")  # ready to take events: the first model-selected must reach it
+        assert nothing.status_code == 200 and nothing.json()["model"] is None
         assert httpx.post(url + "/predict", json=window).status_code == 503
         pointer = promote(file_store, persistence_onnx(L, len(LTE_FEATURES), M, TARGET_INDEX))
         assert post_event(url, events.MODEL_SELECTED, pointer).status_code == 202

@@ -4,12 +4,16 @@
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin app
+# Dependencies first (every package pinned), in a layer a code change does not touch.
+WORKDIR /app/eventing/dispatcher
+COPY eventing/dispatcher/requirements.txt ./
+RUN pip install -r requirements.txt
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY flts/ flts/
+RUN pip install --no-deps -e .
 COPY eventing/dispatcher/ eventing/dispatcher/
 WORKDIR /app/eventing/dispatcher
-RUN pip install -r requirements.txt
 USER 10001
 ENV HOME=/home/app
 EXPOSE 18090

@@ -30,7 +30,7 @@ SPEC = FunctionSpec(
     entry="app",
     scaling=Scaling.REQUEST_SERVER,
     # Knative's concurrency limit = infer's own admission limit: beyond it, 429 (backpressure).
-    capacity=Capacity(concurrency=MAX_INFLIGHT, autoscale_target=MAX_INFLIGHT * 3 // 4, max_scale=10,
+    capacity=Capacity(concurrency=MAX_INFLIGHT, target_utilization=75, max_scale=10,
                       timeout_seconds=30, requests={"cpu": "250m", "memory": "512Mi"},
                       limits={"cpu": "1", "memory": "1Gi"}),
     public=True,

@@ -36,6 +36,8 @@ from flts.settings import Env
 from flts.storage import ObjectNotFound, ObjectStore, store_from_env
 
 JSON = "application/json"
+NO_MODEL = ("no model is loaded yet: /predict answers once a model is promoted (a flts.model-selected event, "
+            "or a promotion found at start)")
 _MODEL_RETRY_SECONDS = 5.0
 
 
@@ -165,6 +167,8 @@ class InferService:
         started = time.perf_counter()
         status = 500
         try:
+            if self.registry.default is None:  # ready for events, not yet for predictions
+                raise RequestError(NO_MODEL, 503)
             body = _loads(await self._body(request, self.settings.max_body_bytes))
             model = self.registry.get(body.get("identifier") if isinstance(body, dict) else None)
             window = parse_predict(body, model.spec, self.settings.max_rows)
@@ -198,9 +202,12 @@ class InferService:
         return _json(200, {"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
+        # Ready means "can take events": without a model too, else a fresh cluster deadlocks
+        # (the revision never turns Ready, so the flts.model-selected bringing the model never arrives).
         model = self.registry.default
         if model is None:
-            return _json(503, {"status": "not ready", "reason": "no model loaded yet"})
+            return _json(200, {"status": "ready", "model": None, "reason": NO_MODEL, "served": [],
+                               "workers": self.batcher.workers, "cold_start_seconds": None})
         spec = model.spec
         return _json(200, {"status": "ready", "model": {
             **model.info.labels(), "input_seq_len": spec.input_seq_len, "output_seq_len": spec.output_seq_len,

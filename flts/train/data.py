@@ -99,13 +99,19 @@ def load(store: ObjectStore, bucket: str, train_key: str, test_key: str | None, 
     return TrainData(columns, target, timestamp_column, train, test)
 
 
+MIN_VALIDATION_WINDOWS = 48
+
+
 def validation_rows(rows: int, input_len: int, output_len: int, val_fraction: float) -> int:
-    """Rows at the end of the training split whose targets validate (early stopping).
+    """Rows at the end of the training split whose targets validate (early stopping, eval's choice,
+    the intervals): VAL_FRACTION of them, and at least MIN_VALIDATION_WINDOWS windows' worth.
 
     The fit part must hold at least one whole window and the validation part at least
     one target window; the message says which is short.
     """
-    n_val = max(int(round(rows * val_fraction)), output_len)
+    # Eval chooses on these windows and calibrates intervals on their residuals: a long horizon
+    # must not leave it a single window (ElBorn, one day ahead: 10 % of the rows is 419 < 720).
+    n_val = max(int(round(rows * val_fraction)), output_len + MIN_VALIDATION_WINDOWS - 1)
     if window_count(rows - n_val, input_len, output_len) < 1:
         raise TrainDataError(
             f"the training split has {rows} rows: too few for one training window of {input_len} input + "

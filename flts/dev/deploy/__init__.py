@@ -1,6 +1,6 @@
 """Knative and OpenFaaS deployment files, generated from the routing table.
 
-    flts deploy render --target knative|openfaas [--check]
+    flts deploy render [--target knative|openfaas] [--openfaas-edition ce|pro] [--kafka-replication N] [--check]
     flts deploy shrinkwrap <function> <outdir>
 
 One source of truth: each function's spec (flts.<function>.SPEC) says how it runs, and
@@ -8,11 +8,14 @@ One source of truth: each function's spec (flts.<function>.SPEC) says how it run
 deployment's own env, e.g. MODEL_TYPE). Every file is built from those two as plain dicts dumped with PyYAML, and a test
 fails when a committed file differs from `render()`.
 
-    cluster.py    ConfigMap values and keys per function, registry, images
+    cluster.py    render options, ConfigMap values and keys per function, registry, images, cold starts
     knative.py    Services, ConfigMap, Secret template, Broker, Triggers, KafkaSinks/Sources, SinkBindings
-    openfaas.py   stack.yml, the dispatcher (Deployment, Service, Dockerfile), shrinkwrap
-    images.py     the functions' Dockerfiles and pinned requirements.txt
-    validate.py   offline checks: CRD schemas, webhook rules, references, stack.yml schema
+    openfaas.py   stack.yml (per edition), the dispatcher (Deployment, Service, Dockerfile), shrinkwrap
+    images.py     the functions' Dockerfiles and their pinned requirements (the lock's closure)
+    validate.py   offline checks: CRD schemas, webhook rules, references, delivery timeouts,
+                  stack.yml schema, the OpenFaaS edition's rules
+    upstream.py   checks by upstream code: Knative's webhooks (Go), a real kube-apiserver + etcd
+    localrun.py   the Services run as their manifests say, events delivered as the Triggers say
     generate.py   render / drift / write per target
     cli.py        `flts deploy ...`
 
@@ -21,12 +24,15 @@ The names below are the package's API (tests, flts/cli.py use them); the rest st
 from flts.dev.deploy.cli import add_parser
 from flts.dev.deploy.cluster import (
     CONFIG,
+    DEFAULTS,
     KAFKA_BOOTSTRAP,
     PORT,
     REGISTRY,
     TEMPLATE,
     UPSTREAM,
     WATCHDOG_IMAGE,
+    Edition,
+    RenderOptions,
     config_keys,
     deployment_env,
     image,
@@ -40,6 +46,8 @@ from flts.dev.deploy.validate import (
     CORE_SCHEMAS,
     CRD_FILES,
     crd_schemas,
+    delivery_timeout_errors,
+    edition_errors,
     knative_errors,
     load_yaml_objects,
     schema_errors,
@@ -49,13 +57,13 @@ from flts.dev.deploy.validate import (
 
 __all__ = [
     # the table and its constants
-    "CONFIG", "KAFKA_BOOTSTRAP", "PORT", "REGISTRY", "TEMPLATE", "UPSTREAM",
-    "WATCHDOG_IMAGE", "config_keys", "deployment_env", "image", "secret_file_name",
+    "CONFIG", "DEFAULTS", "KAFKA_BOOTSTRAP", "PORT", "REGISTRY", "TEMPLATE", "UPSTREAM",
+    "WATCHDOG_IMAGE", "Edition", "RenderOptions", "config_keys", "deployment_env", "image", "secret_file_name",
     # builders
     "BROKER", "CONFIGMAP", "SECRET", "knative_files", "DISPATCHER_URL", "WATCHDOG_ENV", "dispatcher_objects", "stack",
     "REQUIREMENTS", "dockerfile", "requirements_txt", "shrinkwrap",
     # files and checks
-    "TARGETS", "drift", "render", "write", "CORE_SCHEMAS", "CRD_FILES", "crd_schemas", "knative_errors",
-    "load_yaml_objects", "schema_errors", "semantic_errors", "stack_errors",
+    "TARGETS", "drift", "render", "write", "CORE_SCHEMAS", "CRD_FILES", "crd_schemas", "delivery_timeout_errors",
+    "edition_errors", "knative_errors", "load_yaml_objects", "schema_errors", "semantic_errors", "stack_errors",
     "add_parser",
 ]

@@ -6,11 +6,11 @@ import sys
 from pathlib import Path
 
 from flts.dev import REPO
-from flts.dev.deploy.cluster import REGISTRY
+from flts.dev.deploy.cluster import KAFKA_REPLICATION, REGISTRY, Edition, RenderOptions
 from flts.dev.deploy.generate import TARGETS, drift, write
 from flts.dev.deploy.knative import knative_files
 from flts.dev.deploy.openfaas import shrinkwrap, stack
-from flts.dev.deploy.validate import knative_errors, stack_errors
+from flts.dev.deploy.validate import edition_errors, knative_errors, stack_errors
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +22,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     render_p.add_argument("--check", action="store_true",
                           help="write nothing; exit 1 when a committed file differs or a check fails")
     render_p.add_argument("--registry", default=REGISTRY, help=f"image registry prefix (default {REGISTRY})")
+    render_p.add_argument("--openfaas-edition", type=Edition, choices=list(Edition), default=Edition.CE,
+                          help="OpenFaaS edition stack.yml is for: ce refuses scale to zero and more than 5 "
+                               "replicas; pro adds scale to zero and probe annotations (default ce)")
+    render_p.add_argument("--kafka-replication", type=int, default=KAFKA_REPLICATION,
+                          help=f"replicationFactor of the topics the KafkaSinks create (default {KAFKA_REPLICATION}; "
+                               "1 for a single-broker test cluster)")
     render_p.set_defaults(func=_render_cmd)
     wrap = actions.add_parser("shrinkwrap", help="build context of one OpenFaaS function, as faas-cli --shrinkwrap")
     wrap.add_argument("function", help="a function name of stack.yml, e.g. train-gru")
@@ -31,17 +37,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _render_cmd(args) -> int:
     targets = args.target or list(TARGETS)
+    options = RenderOptions(args.registry, args.openfaas_edition, args.kafka_replication)
     if not args.check:
         for target in targets:
-            for path in write(target, registry=args.registry):
+            for path in write(target, options=options):
                 print(path.relative_to(REPO))
         return 0
     problems = [f"{path}: differs from `flts deploy render --target {t}`"
-                for t in targets for path in drift(t, registry=args.registry)]
+                for t in targets for path in drift(t, options=options)]
     if "knative" in targets:
-        problems += knative_errors([o for objs in knative_files(args.registry).values() for o in objs])
+        problems += knative_errors([o for objs in knative_files(options).values() for o in objs])
     if "openfaas" in targets:
-        problems += stack_errors(stack(args.registry))
+        problems += stack_errors(stack(options)) + edition_errors(stack(options), options.openfaas_edition)
     for problem in problems:
         print(problem, file=sys.stderr)
     print(f"{len(problems)} problem(s)" if problems else "deployment files are up to date and valid")

@@ -6,6 +6,9 @@ flts.routing's. Change a value there or here, then `flts deploy render`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import StrEnum
+
 from flts import __version__, routing
 from flts.routing import Deployment
 from flts.settings import variables
@@ -24,8 +27,41 @@ TEMPLATE = "flts-python"  # template/<TEMPLATE>: the OpenFaaS language template
 
 # Kafka as the cluster's functions reach it: the Knative sources/sinks and the OpenFaaS dispatcher.
 KAFKA_BOOTSTRAP = "my-cluster-kafka-bootstrap.kafka.svc:9092"  # Strimzi's naming; change it
+# Copies of each topic the KafkaSinks create: 3 survives a broker loss (a Strimzi cluster's
+# minimum); `flts deploy render --kafka-replication 1` for a single-broker test cluster.
+KAFKA_REPLICATION = 3
 # Delivery attempts after the first, on both platforms (the local dispatcher's DISPATCH_MAX_RETRIES).
 RETRIES = 5
+
+# Seconds an instance may take to start on a node that has not pulled its image yet (pull,
+# unpack, imports, warm-up), per image. The image sizes drive it: train carries torch (6.3 GB
+# with PyPI's CUDA wheel, about 2 GB from a CPU wheel index), eval MLflow and prophet, preprocess
+# pandas, infer onnxruntime only. A cold start counts against a request's time on Knative (the
+# activator's timer runs while it waits for the pod) and against every caller's timeout.
+COLD_START_SECONDS = {"preprocess": 120, "train": 300, "eval": 180, "infer": 120}
+
+
+class Edition(StrEnum):
+    """The OpenFaaS edition stack.yml is written for: CE refuses what only Pro has."""
+
+    CE = "ce"  # Community Edition: no scale to zero, at most 5 replicas, fixed probes
+    PRO = "pro"  # OpenFaaS Standard/Enterprise ("Pro"): scale to zero, probe annotations
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """The choices `flts deploy render` takes; the defaults are what the repository commits."""
+
+    registry: str = REGISTRY
+    openfaas_edition: Edition = Edition.CE
+    kafka_replication: int = KAFKA_REPLICATION
+
+    def __post_init__(self) -> None:
+        if self.kafka_replication < 1:
+            raise ValueError(f"kafka_replication must be >= 1, got {self.kafka_replication}")
+
+
+DEFAULTS = RenderOptions()
 
 # The ConfigMap: cluster endpoints (placeholders to change) and the knobs it carries at the
 # code's defaults. One value serves every function that reads a knob, so a knob whose default
@@ -83,6 +119,19 @@ def image(function: str, registry: str = REGISTRY) -> str:
 def secret_file_name(env_name: str) -> str:
     """OpenFaaS secret name of an env variable: S3_ACCESS_KEY → s3-access-key."""
     return env_name.lower().replace("_", "-")
+
+
+def cold_start_seconds(d: Deployment) -> int:
+    return COLD_START_SECONDS[d.function]
+
+
+def delivery_seconds(d: Deployment) -> int:
+    """How long a caller must wait for one delivery in the worst case: a cold start, then the request.
+
+    Shorter, and the caller retries while the first attempt still runs: the retry lands on a
+    second instance (one event at a time each) and the work is done twice.
+    """
+    return cold_start_seconds(d) + d.spec.capacity.timeout_seconds
 
 
 def deployment_env(d: Deployment) -> dict[str, str]:

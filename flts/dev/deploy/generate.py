@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from flts.dev import REPO
-from flts.dev.deploy.cluster import GENERATED, REGISTRY
+from flts.dev.deploy.cluster import DEFAULTS, GENERATED, RenderOptions
 from flts.dev.deploy.images import dockerfiles, requirements_files
 from flts.dev.deploy.knative import knative_files
 from flts.dev.deploy.openfaas import dispatcher_dockerfile, dispatcher_objects, stack
@@ -28,40 +28,40 @@ def _yaml(target: str, objects: Iterable[dict] | dict) -> str:
     return f"# {GENERATED.format(target=target)}\n{body}"
 
 
-def _knative(registry: str) -> dict[str, str]:
+def _knative(options: RenderOptions) -> dict[str, str]:
     # The images and their requirements go with this target: Knative runs them as they are.
-    files = {path: _yaml("knative", objects) for path, objects in knative_files(registry).items()}
-    return {**files, **dockerfiles(registry), **requirements_files()}
+    files = {path: _yaml("knative", objects) for path, objects in knative_files(options).items()}
+    return {**files, **dockerfiles(options.registry), **requirements_files()}
 
 
-def _openfaas(registry: str) -> dict[str, str]:
+def _openfaas(options: RenderOptions) -> dict[str, str]:
     return {
-        "stack.yml": _yaml("openfaas", stack(registry)),
-        "deploy/openfaas/dispatcher.yaml": _yaml("openfaas", dispatcher_objects(registry)),
-        "deploy/openfaas/dispatcher.Dockerfile": dispatcher_dockerfile(registry),
+        "stack.yml": _yaml("openfaas", stack(options)),
+        "deploy/openfaas/dispatcher.yaml": _yaml("openfaas", dispatcher_objects(options.registry)),
+        "deploy/openfaas/dispatcher.Dockerfile": dispatcher_dockerfile(options.registry),
     }
 
 
-_RENDERERS: dict[str, Callable[[str], dict[str, str]]] = {"knative": _knative, "openfaas": _openfaas}
+_RENDERERS: dict[str, Callable[[RenderOptions], dict[str, str]]] = {"knative": _knative, "openfaas": _openfaas}
 TARGETS = tuple(_RENDERERS)
 
 
-def render(target: str, registry: str = REGISTRY) -> dict[str, str]:
+def render(target: str, options: RenderOptions = DEFAULTS) -> dict[str, str]:
     """Repository path → file content for one target."""
     if target not in _RENDERERS:
         raise ValueError(f"unknown target {target!r} (choose from {', '.join(TARGETS)})")
-    return _RENDERERS[target](registry)
+    return _RENDERERS[target](options)
 
 
-def drift(target: str, repo: Path = REPO, registry: str = REGISTRY) -> list[str]:
+def drift(target: str, repo: Path = REPO, options: RenderOptions = DEFAULTS) -> list[str]:
     """Paths whose committed content differs from what the generator renders."""
-    return [path for path, content in render(target, registry).items()
+    return [path for path, content in render(target, options).items()
             if not (repo / path).exists() or (repo / path).read_text() != content]
 
 
-def write(target: str, repo: Path = REPO, registry: str = REGISTRY) -> list[Path]:
+def write(target: str, repo: Path = REPO, options: RenderOptions = DEFAULTS) -> list[Path]:
     written = []
-    for path, content in render(target, registry).items():
+    for path, content in render(target, options).items():
         file = repo / path
         file.parent.mkdir(parents=True, exist_ok=True)
         file.write_text(content)

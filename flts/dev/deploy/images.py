@@ -1,12 +1,18 @@
-"""The function images: one Dockerfile per function folder, and the pinned requirements.txt each installs.
+"""The function images: one Dockerfile per function folder, and the pinned requirements each installs.
 
 One image per function folder, the same name on both platforms: of-watchdog by default
 (OpenFaaS), the server run directly on Knative (see flts/dev/deploy/knative.py).
+
+Layers: the pinned dependencies first (requirements*.txt only), then the code, so a code
+change reuses the dependency layer. requirements.txt pins the whole dependency closure of
+the function's extra to requirements.lock (the versions `make test` tests), not only the
+direct dependencies: nothing is left for pip to pick on the day of the build.
 """
 from __future__ import annotations
 
 import re
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from flts.dev import REPO
@@ -23,53 +29,44 @@ from flts.dev.deploy.cluster import (
     image,
 )
 
-DOCKERFILE = """\
-# {generated}
-# Image of functions/{function}. Build from the repository root:
-#   docker build -f functions/{function}/Dockerfile -t {image} .
-# It is the image `faas-cli build` makes from template/{template}: of-watchdog by default
-# (OpenFaaS), `python /app/index.py --listen 0.0.0.0:8080` on Knative.
-FROM {watchdog} AS watchdog
-
-FROM {python}
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-COPY --from=watchdog /fwatchdog /usr/bin/fwatchdog
-RUN useradd --uid {uid} --create-home --shell /usr/sbin/nologin app
-# The repository's layout, so requirements.txt's `-e ../..[extra]` finds the project root.
-WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY flts/ flts/
-# .dockerignore keeps flts/dev (the local stack, generators, benchmarks) out of every image.
-COPY functions/{function}/ functions/handler/
-COPY template/{template}/index.py index.py
-WORKDIR /app/functions/handler
-RUN pip install -r requirements.txt
-USER {uid}
-ENV HOME=/home/app FLTS_FUNCTION={function} \\
-    fprocess="python /app/index.py" mode=http upstream_url=http://{upstream}
-EXPOSE {port}
-CMD ["fwatchdog"]
-"""
-
-
-def dockerfile(function: str, registry: str = REGISTRY) -> str:
-    return DOCKERFILE.format(
-        generated=GENERATED.format(target="knative"), function=function, image=image(function, registry),
-        template=TEMPLATE, watchdog=WATCHDOG_IMAGE, python=PYTHON_IMAGE, uid=APP_UID,
-        upstream=UPSTREAM, port=PORT)
-
-
-def dockerfiles(registry: str = REGISTRY) -> dict[str, str]:
-    """Repository path → Dockerfile of every deployed function folder."""
-    return {f"functions/{f}/Dockerfile": dockerfile(f, registry) for f in sorted(deployed_functions())}
-
-
 # --------------------------------------------------------------------------- requirements
-# Each image installs the shared package with its own extra (named as the function folder);
-# the direct dependencies are pinned to requirements.lock, the versions `make test` installs and tests.
+# The CUDA libraries PyPI's torch wheel brings (torch pins them): pinned in a file of their own,
+# requirements-cuda.txt, which a build with a CPU wheel index (TORCH_INDEX) leaves out.
+CUDA_ONLY = re.compile(r"^(nvidia-|cuda-|triton$)")
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"  # an example value of the TORCH_INDEX build arg
 REQUIREMENTS = {f"functions/{f}/requirements.txt": f for f in deployed_functions()}
 REQUIREMENTS["eventing/dispatcher/requirements.txt"] = "dispatcher"
-_REQUIREMENT_NAME = re.compile(r"^[A-Za-z0-9._-]+")
+# What `faas-cli new <name> --lang flts-python` starts a function with: the core only ("").
+REQUIREMENTS[f"template/{TEMPLATE}/function/requirements.txt"] = ""
+
+
+@dataclass
+class Locked:
+    """One package of requirements.lock: its pin and who requires it (uv's `# via` lines)."""
+
+    name: str
+    version: str
+    required_by: set[str] = field(default_factory=set)
+
+
+def normal(name: str) -> str:
+    """PEP 503 normalised project name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_lock(lock_text: str) -> dict[str, Locked]:
+    """requirements.lock (`uv pip compile` output) → normalised name → Locked."""
+    packages: dict[str, Locked] = {}
+    current = None
+    for line in lock_text.splitlines():
+        if "==" in line and not line.startswith((" ", "#")):
+            name, version = line.split("==", 1)
+            current = packages[normal(name)] = Locked(name, version.split(";")[0].strip())
+        elif current and line.strip().startswith("#"):
+            via = line.strip("# ").removeprefix("via").strip()
+            if via:
+                current.required_by.add(normal(via.split(" ")[0]))
+    return packages
 
 
 def _extra_requirements(extra: str, extras: dict[str, list[str]], core: list[str]) -> list[str]:
@@ -84,31 +81,121 @@ def _extra_requirements(extra: str, extras: dict[str, list[str]], core: list[str
     return found
 
 
-def _normal(name: str) -> str:
-    """PEP 503 normalised project name."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+def direct_requirements(extra: str, repo: Path = REPO) -> dict[str, str]:
+    """Normalised name → the requirement's name as written (extras kept), for flts[extra] ("": the core)."""
+    from packaging.requirements import Requirement  # tooling only (a dependency of the dev tools)
 
-
-def _locked_versions(lock_text: str) -> dict[str, str]:
-    pins = (line.split("==", 1) for line in lock_text.splitlines() if "==" in line and not line.startswith("#"))
-    return {_normal(name): version.split(";")[0].strip() for name, version in pins}
-
-
-def requirements_txt(extra: str, repo: Path = REPO) -> str:
     project = tomllib.loads((repo / "pyproject.toml").read_text())["project"]
-    locked = _locked_versions((repo / "requirements.lock").read_text())
-    pins = {}
-    for requirement in _extra_requirements(extra, project["optional-dependencies"], project["dependencies"]):
-        name = _REQUIREMENT_NAME.match(requirement).group(0).split("[")[0]
-        if _normal(name) not in locked:
-            raise ValueError(f"{name} (extra {extra!r}) is not in requirements.lock: run `make lock`")
-        # The requirement as written (extras kept), its version range replaced by the lock's pin.
-        pins[_normal(name)] = f"{requirement.split('>')[0].split('<')[0].split('=')[0]}=={locked[_normal(name)]}"
-    lines = [f"# Generated by `flts deploy render` from pyproject.toml (extra `{extra}`) and requirements.lock; do not edit.",
-             f"-e ../..[{extra}]", *sorted(pins.values(), key=str.lower)]
+    written = (_extra_requirements(extra, project["optional-dependencies"], project["dependencies"]) if extra
+               else project["dependencies"])
+    found = {}
+    for requirement in map(Requirement, written):
+        extras = f"[{','.join(sorted(requirement.extras))}]" if requirement.extras else ""
+        found[normal(requirement.name)] = requirement.name + extras
+    return found
+
+
+def closure(extra: str, repo: Path = REPO) -> dict[str, str]:
+    """Normalised name → `name==version` of every package flts[extra] installs, from the lock."""
+    locked = read_lock((repo / "requirements.lock").read_text())
+    direct = direct_requirements(extra, repo)
+    missing = sorted(set(direct) - set(locked))
+    if missing:
+        raise ValueError(f"{', '.join(missing)} (extra {extra!r}) is not in requirements.lock: run `make lock`")
+    found = set(direct)
+    while True:  # add whatever a package already in the closure requires, until nothing changes
+        more = {n for n, p in locked.items() if n not in found and p.required_by & found}
+        if not more:
+            break
+        found |= more
+    return {n: f"{direct.get(n, locked[n].name)}=={locked[n].version}" for n in found}
+
+
+def _requirements_file(extra: str, pins: list[str], what: str) -> str:
+    source = f"extra `{extra}`" if extra else "the core dependencies"
+    lines = [f"# Generated by `flts deploy render` from pyproject.toml ({source}) and requirements.lock; "
+             f"do not edit. {what}", *sorted(pins, key=str.lower)]
     return "\n".join(lines) + "\n"
 
 
+def requirements_txt(extra: str, repo: Path = REPO) -> str:
+    pins = [pin for name, pin in closure(extra, repo).items() if not CUDA_ONLY.match(name)]
+    return _requirements_file(extra, pins, "Every package the function installs, pinned.")
+
+
+def cuda_requirements_txt(extra: str, repo: Path = REPO) -> str | None:
+    """The CUDA libraries of PyPI's torch, when the extra installs torch; else None."""
+    pins = [pin for name, pin in closure(extra, repo).items() if CUDA_ONLY.match(name)]
+    what = "The CUDA libraries of PyPI's torch wheel: installed unless the build uses TORCH_INDEX."
+    return _requirements_file(extra, pins, what) if pins else None
+
+
 def requirements_files(repo: Path = REPO) -> dict[str, str]:
-    """Repository path → requirements.txt of every image."""
-    return {path: requirements_txt(extra, repo) for path, extra in REQUIREMENTS.items()}
+    """Repository path → requirements.txt (and requirements-cuda.txt) of every image."""
+    files = {}
+    for path, extra in REQUIREMENTS.items():
+        files[path] = requirements_txt(extra, repo)
+        cuda = cuda_requirements_txt(extra, repo)
+        if cuda:
+            files[path.replace("requirements.txt", "requirements-cuda.txt")] = cuda
+    return files
+
+
+# --------------------------------------------------------------------------- Dockerfiles
+# The dependency layer. With CUDA pins: PyPI's torch and its CUDA libraries by default; with
+# --build-arg TORCH_INDEX=<a CPU wheel index> pip takes torch==<pin>+cpu from there (a local
+# version matches the pin and sorts above it) and installs no CUDA library.
+PIP_INSTALL = "RUN pip install -r requirements.txt"
+PIP_INSTALL_TORCH = """\
+ARG TORCH_INDEX=
+RUN if [ -z "$TORCH_INDEX" ]; then pip install -r requirements.txt -r requirements-cuda.txt; \\
+    else pip install --extra-index-url "$TORCH_INDEX" -r requirements.txt; fi"""
+
+DOCKERFILE = """\
+# {generated}
+# Image of functions/{function}. Build from the repository root:
+#   docker build -f functions/{function}/Dockerfile -t {image} .{build_arg_hint}
+# It is the image `faas-cli build` makes from template/{template}: of-watchdog by default
+# (OpenFaaS), `python /app/index.py --listen 0.0.0.0:8080` on Knative.
+FROM {watchdog} AS watchdog
+
+FROM {python}
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY --from=watchdog /fwatchdog /usr/bin/fwatchdog
+RUN useradd --uid {uid} --create-home --shell /usr/sbin/nologin app
+# The repository's layout: /app is the project root, the function's folder functions/handler.
+WORKDIR /app/functions/handler
+# Dependencies first, in a layer a code change does not touch.
+COPY {requirement_files} ./
+{pip_install}
+# Then the code: the shared package (without flts/dev: .dockerignore), the function, the entry.
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY flts/ flts/
+RUN pip install --no-deps -e .
+COPY functions/{function}/ functions/handler/
+COPY template/{template}/index.py index.py
+WORKDIR /app/functions/handler
+USER {uid}
+ENV HOME=/home/app FLTS_FUNCTION={function} \\
+    fprocess="python /app/index.py" mode=http upstream_url=http://{upstream}
+EXPOSE {port}
+CMD ["fwatchdog"]
+"""
+
+
+def dockerfile(function: str, registry: str = REGISTRY) -> str:
+    files = [f"functions/{function}/requirements.txt"]
+    torch = cuda_requirements_txt(function) is not None
+    if torch:
+        files.append(f"functions/{function}/requirements-cuda.txt")
+    return DOCKERFILE.format(
+        generated=GENERATED.format(target="knative"), function=function, image=image(function, registry),
+        build_arg_hint=f"\n#   CPU-only torch: add --build-arg TORCH_INDEX={TORCH_CPU_INDEX}" if torch else "",
+        requirement_files=" ".join(files), pip_install=PIP_INSTALL_TORCH if torch else PIP_INSTALL,
+        template=TEMPLATE, watchdog=WATCHDOG_IMAGE, python=PYTHON_IMAGE, uid=APP_UID, upstream=UPSTREAM, port=PORT)
+
+
+def dockerfiles(registry: str = REGISTRY) -> dict[str, str]:
+    """Repository path → Dockerfile of every deployed function folder."""
+    return {f"functions/{f}/Dockerfile": dockerfile(f, registry) for f in sorted(deployed_functions())}

@@ -24,22 +24,24 @@ from flts import routing
 from flts.dev.deploy.cluster import (
     APP_UID,
     CONFIG,
+    DEFAULTS,
     KAFKA_BOOTSTRAP,
-    REGISTRY,
     RETRIES,
+    RenderOptions,
+    cold_start_seconds,
     config_keys,
+    delivery_seconds,
     deployment_env,
     emitters,
     image,
 )
 from flts.routing import Deployment
-from flts.spec import Capacity, FunctionSpec
+from flts.spec import FunctionSpec
 
 BROKER = "flts"
 CONFIGMAP = "flts-config"
 SECRET = "flts-credentials"
 KAFKA_PARTITIONS = 3
-KAFKA_REPLICATION = 1  # raise on a real Kafka cluster
 BACKOFF_DELAY = "PT1S"  # exponential: 1 s, 2 s, 4 s, 8 s, 16 s
 
 SERVICE_API = ("serving.knative.dev/v1", "Service")
@@ -104,6 +106,9 @@ def _env_list(d: Deployment) -> list[dict]:
 
 
 def _probes(spec: FunctionSpec) -> dict:
+    # Readiness means "can take events": infer is ready without a model (its /predict answers
+    # 503 until one arrives), else its first revision never turns Ready and the
+    # flts.model-selected that would bring the model could never be delivered.
     return {
         "readinessProbe": {"httpGet": {"path": spec.readiness_path, "port": spec.port}, "periodSeconds": 2,
                            "failureThreshold": 3},
@@ -112,25 +117,31 @@ def _probes(spec: FunctionSpec) -> dict:
     }
 
 
-def _autoscaling(capacity: Capacity) -> dict[str, str]:
-    # Autoscaling belongs on the revision template (the webhook rejects it elsewhere).
+def _revision_annotations(d: Deployment) -> dict[str, str]:
+    # Autoscaling belongs on the revision template (the webhook rejects it elsewhere). The
+    # utilisation is explicit: Knative's default of 70 % would make a target of 1 an effective
+    # 0.7, i.e. two instances per event in flight.
+    capacity = d.spec.capacity
     return {
         "autoscaling.knative.dev/class": "kpa.autoscaling.knative.dev",
         "autoscaling.knative.dev/metric": "concurrency",
-        "autoscaling.knative.dev/target": str(capacity.target_concurrency),
+        "autoscaling.knative.dev/target": str(capacity.concurrency),
+        "autoscaling.knative.dev/target-utilization-percentage": str(capacity.target_utilization),
         "autoscaling.knative.dev/min-scale": str(capacity.min_scale),
         "autoscaling.knative.dev/max-scale": str(capacity.max_scale),
+        # A cold start (image pull included) may take this long before the revision is failed.
+        "serving.knative.dev/progress-deadline": f"{cold_start_seconds(d)}s",
     }
 
 
-def knative_service(d: Deployment, registry: str = REGISTRY) -> dict:
+def knative_service(d: Deployment, options: RenderOptions) -> dict:
     spec, capacity = d.spec, d.spec.capacity
     labels = {"app.kubernetes.io/name": d.name, "app.kubernetes.io/component": d.function}
     if not spec.public:  # event-only functions get no external route
         labels["networking.knative.dev/visibility"] = "cluster-local"
     container = {
         "name": d.function,
-        "image": image(d.function, registry),
+        "image": image(d.function, options.registry),
         # The server itself on :8080, without the image's default of-watchdog in front.
         "command": ["python", "/app/index.py", "--listen", f"0.0.0.0:{spec.port}"],
         "ports": [{"name": "http1", "containerPort": spec.port}],
@@ -143,7 +154,7 @@ def knative_service(d: Deployment, registry: str = REGISTRY) -> dict:
         },
     }
     return _object(SERVICE_API, _meta(d.name, labels), spec={"template": {
-        "metadata": {"labels": {"app.kubernetes.io/name": d.name}, "annotations": _autoscaling(capacity)},
+        "metadata": {"labels": {"app.kubernetes.io/name": d.name}, "annotations": _revision_annotations(d)},
         "spec": {"containerConcurrency": capacity.concurrency, "timeoutSeconds": capacity.timeout_seconds,
                  "containers": [container]},
     }})
@@ -167,7 +178,7 @@ def _delivery(topic: str, timeout_seconds: int | None = None) -> dict:
         "backoffDelay": BACKOFF_DELAY,
         "deadLetterSink": _ref(KAFKA_SINK_API, routing.dlq_topic(topic)),
     }
-    if timeout_seconds:  # per attempt (feature delivery-timeout: beta, enabled by default)
+    if timeout_seconds:  # per attempt (feature delivery-timeout, enabled by default)
         delivery["timeout"] = f"PT{timeout_seconds}S"
     return delivery
 
@@ -189,7 +200,8 @@ def _trigger(name: str, event_type: str, subscriber: dict, timeout_seconds: int 
 
 
 def subscriber_triggers() -> list[dict]:
-    return [_trigger(f"{d.name}-{routing.topic_of(t)}", t, _ref(SERVICE_API, d.name), d.spec.capacity.timeout_seconds)
+    # Each attempt may wait for a cold start and then the whole request (cluster.delivery_seconds).
+    return [_trigger(f"{d.name}-{routing.topic_of(t)}", t, _ref(SERVICE_API, d.name), delivery_seconds(d))
             for d in routing.DEPLOYMENTS for t in d.subscribes]
 
 
@@ -199,20 +211,20 @@ def record_triggers() -> list[dict]:
             for t in emitted_types()]
 
 
-def kafka_sink(topic: str) -> dict:
+def kafka_sink(topic: str, replication: int) -> dict:
     return _object(KAFKA_SINK_API, _meta(topic), spec={
         "topic": topic,
         "bootstrapServers": [KAFKA_BOOTSTRAP],
         "numPartitions": KAFKA_PARTITIONS,
-        "replicationFactor": KAFKA_REPLICATION,
+        "replicationFactor": replication,
         "contentMode": "binary",  # what the local dispatcher reads and writes
     })
 
 
-def kafka_sinks() -> list[dict]:
+def kafka_sinks(replication: int) -> list[dict]:
     records = [routing.topic_of(t) for t in emitted_types()]
     dlqs = [routing.dlq_topic(t) for t in routing.TOPICS.values()]
-    return [kafka_sink(topic) for topic in records + dlqs]
+    return [kafka_sink(topic, replication) for topic in records + dlqs]
 
 
 def _ingress_source(event_type: str) -> dict:
@@ -239,16 +251,16 @@ def sink_bindings() -> list[dict]:
     }) for d in emitters()]
 
 
-def knative_files(registry: str = REGISTRY) -> dict[str, list[dict]]:
+def knative_files(options: RenderOptions = DEFAULTS) -> dict[str, list[dict]]:
     """Repository path → the objects in that file."""
     return {
         "eventing/knative/broker.yaml": [broker()],
         "eventing/knative/triggers.yaml": subscriber_triggers() + record_triggers(),
-        "eventing/knative/kafka-sinks.yaml": kafka_sinks(),
+        "eventing/knative/kafka-sinks.yaml": kafka_sinks(options.kafka_replication),
         "eventing/knative/kafka-sources.yaml": ingress_sources(),
         "eventing/knative/sink-bindings.yaml": sink_bindings(),
         "deploy/knative/config.yaml": [config_map()],
-        "deploy/knative/services.yaml": [knative_service(d, registry) for d in routing.DEPLOYMENTS],
+        "deploy/knative/services.yaml": [knative_service(d, options) for d in routing.DEPLOYMENTS],
         # Not applied with the folder (`kubectl apply -f deploy/knative/` is not recursive).
         "deploy/knative/templates/secret.yaml": [secret_template()],
     }

@@ -3,6 +3,11 @@
 Each function's image runs of-watchdog by default: `:8080` → the function's server on
 127.0.0.1:5000, `max_inflight` answering 429 (template/flts-python/index.py starts the server).
 
+stack.yml is written for one edition (`flts deploy render --openfaas-edition ce|pro`):
+Community Edition refuses a function that asks for a Pro feature, so CE gets none. Pro gets
+scale to zero and the probe annotations (readiness `com.openfaas.ready.http.*`, liveness
+`com.openfaas.health.http.*`); CE's probes are fixed at the watchdog's `/_/health`.
+
 OpenFaaS CE has no Kafka connector: the project's dispatcher (flts/dispatcher/) is the
 trigger. It consumes each deployment's topics and POSTs the events to the gateway, and its
 HTTP ingress is every function's K_SINK (outputs go to the topic of their type).
@@ -17,24 +22,34 @@ from flts.dev import REPO
 from flts.dev.deploy.cluster import (
     APP_UID,
     CONFIG,
+    DEFAULTS,
     GENERATED,
     KAFKA_BOOTSTRAP,
     PYTHON_IMAGE,
     REGISTRY,
     RETRIES,
     TEMPLATE,
+    Edition,
+    RenderOptions,
     config_keys,
+    delivery_seconds,
     deployment_env,
     image,
     secret_file_name,
 )
 from flts.routing import Deployment
+from flts.spec import Capacity, FunctionSpec
 
 GATEWAY = "http://127.0.0.1:8080"
 STACK_COPY = ("./flts", "./pyproject.toml", "./README.md")  # into each build context's function/
 # of-watchdog's own settings (lower case; read by the watchdog, not by our code).
 WATCHDOG_ENV = ("max_inflight", "read_timeout", "write_timeout", "exec_timeout", "healthcheck_interval")
 WATCHDOG_GRACE = 5  # seconds the watchdog waits beyond the function's own timeout
+# Community Edition's limits, as faas-netes' ValidateDeployRequest enforces them (a function
+# beyond them is refused at deploy): no com.openfaas.scale.zero label (any value:
+# "com.openfaas.scale.zero not available for Community Edition"), com.openfaas.scale.max <= 5.
+CE_MAX_REPLICAS = 5
+SCALE_MIN, SCALE_MAX, SCALE_ZERO = "com.openfaas.scale.min", "com.openfaas.scale.max", "com.openfaas.scale.zero"
 
 DISPATCHER = "flts-dispatcher"
 DISPATCHER_NAMESPACE = "openfaas"
@@ -44,7 +59,32 @@ DISPATCHER_URL = f"http://{DISPATCHER}.{DISPATCHER_NAMESPACE}.svc.cluster.local:
 
 
 # --------------------------------------------------------------------------- stack.yml
-def openfaas_function(d: Deployment, registry: str = REGISTRY) -> dict:
+def _labels(capacity: Capacity, edition: Edition) -> dict[str, str]:
+    # Replicas while awake: at least 1 on both editions; going to zero is scale.zero's (Pro).
+    low = max(capacity.min_scale, 1)
+    if edition is Edition.CE:
+        return {SCALE_MIN: str(low), SCALE_MAX: str(min(capacity.max_scale, CE_MAX_REPLICAS))}
+    labels = {SCALE_MIN: str(low), SCALE_MAX: str(capacity.max_scale)}
+    if capacity.min_scale == 0:
+        labels[SCALE_ZERO] = "true"
+    return labels
+
+
+def _pro_annotations(d: Deployment) -> dict[str, str]:
+    """The Kafka connector's subscription and the probes, routed through the watchdog to the function."""
+    spec: FunctionSpec = d.spec
+    return {
+        "topic": ",".join(routing.topic_of(t) for t in d.subscribes),
+        # Readiness: can take events (infer is ready without a model).
+        "com.openfaas.ready.http.path": spec.readiness_path,
+        "com.openfaas.ready.http.periodSeconds": "2",
+        # Liveness: a failure restarts the pod, so never a path that waits for anything.
+        "com.openfaas.health.http.path": spec.liveness_path,
+        "com.openfaas.health.http.initialDelay": "10s",
+    }
+
+
+def openfaas_function(d: Deployment, options: RenderOptions = DEFAULTS) -> dict:
     spec, capacity = d.spec, d.spec.capacity
     timeout = f"{capacity.timeout_seconds + WATCHDOG_GRACE}s"
     environment = {**{k: CONFIG[k] for k in sorted(config_keys(spec))}, **deployment_env(d)}
@@ -53,35 +93,28 @@ def openfaas_function(d: Deployment, registry: str = REGISTRY) -> dict:
     environment.update(read_timeout=timeout, write_timeout=timeout, exec_timeout=timeout)
     if "MAX_INFLIGHT" in spec.env:  # the watchdog turns the app's own limit away at once (429)
         environment["max_inflight"] = spec.env["MAX_INFLIGHT"]
-    return {
+    function = {
         "lang": TEMPLATE,
         "handler": f"./functions/{d.function}",
-        "image": image(d.function, registry),
+        "image": image(d.function, options.registry),
         "build_args": {"FLTS_FUNCTION": spec.name},  # index.py starts the server its spec names
         "environment": environment,
         "secrets": [secret_file_name(k) for k in spec.secrets],
-        "labels": {
-            "com.openfaas.scale.min": str(max(capacity.min_scale, 1)),  # CE has no scale to zero
-            "com.openfaas.scale.max": str(capacity.max_scale),
-            "com.openfaas.scale.zero": "true" if capacity.min_scale == 0 else "false",  # Pro only
-        },
-        "annotations": {
-            "topic": ",".join(routing.topic_of(t) for t in d.subscribes),
-            # Probed through the watchdog, which proxies the path to the function.
-            "com.openfaas.health.http.path": spec.readiness_path,
-            "com.openfaas.health.http.initialDelay": "5s",
-        },
+        "labels": _labels(capacity, options.openfaas_edition),
         "requests": {"cpu": capacity.requests["cpu"], "memory": capacity.requests["memory"]},
         "limits": {"cpu": capacity.limits["cpu"], "memory": capacity.limits["memory"]},
     }
+    if options.openfaas_edition is Edition.PRO:  # CE's trigger is the dispatcher, its probes fixed
+        function["annotations"] = _pro_annotations(d)
+    return function
 
 
-def stack(registry: str = REGISTRY) -> dict:
+def stack(options: RenderOptions = DEFAULTS) -> dict:
     return {
         "version": "1.0",
         "provider": {"name": "openfaas", "gateway": GATEWAY},
         "configuration": {"templates": [{"name": TEMPLATE}], "copy": list(STACK_COPY)},
-        "functions": {d.name: openfaas_function(d, registry) for d in routing.DEPLOYMENTS},
+        "functions": {d.name: openfaas_function(d, options) for d in routing.DEPLOYMENTS},
     }
 
 
@@ -91,7 +124,7 @@ def dispatcher_image(registry: str = REGISTRY) -> str:
 
 
 def _dispatcher_env() -> dict[str, str]:
-    slowest = max(spec.capacity.timeout_seconds for spec in routing.SPECS)
+    slowest = max(delivery_seconds(d) for d in routing.DEPLOYMENTS)  # Pro: a cold start from zero first
     return {
         "KAFKA_BOOTSTRAP_SERVERS": KAFKA_BOOTSTRAP,
         "DISPATCH_TARGETS": ",".join(f"{d.name}={GATEWAY_IN_CLUSTER}/function/{d.name}" for d in routing.DEPLOYMENTS),
@@ -136,12 +169,16 @@ DISPATCHER_DOCKERFILE = """\
 FROM {python}
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN useradd --uid {uid} --create-home --shell /usr/sbin/nologin app
+# Dependencies first (every package pinned), in a layer a code change does not touch.
+WORKDIR /app/eventing/dispatcher
+COPY eventing/dispatcher/requirements.txt ./
+RUN pip install -r requirements.txt
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY flts/ flts/
+RUN pip install --no-deps -e .
 COPY eventing/dispatcher/ eventing/dispatcher/
 WORKDIR /app/eventing/dispatcher
-RUN pip install -r requirements.txt
 USER {uid}
 ENV HOME=/home/app
 EXPOSE {port}

@@ -3,11 +3,17 @@
 Knative objects are validated against the upstream CRDs' schemas (deploy/schemas/knative/,
 made strict: a misspelt field is an error, not silently pruned), then against what the
 webhooks check and a schema cannot (autoscaling bounds, probe ports, references between
-objects). stack.yml is validated against the OpenFaaS stack schema.
+objects), then against what no webhook checks but a cluster would get wrong at run time
+(instances per event, delivery timeouts shorter than a cold start plus the request).
+stack.yml is validated against the OpenFaaS stack schema and the rules of its edition.
+
+Knative's own webhook code and a real kube-apiserver check the same objects too
+(flts/dev/deploy/upstream.py); these checks run without them and name the project's rules.
 """
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -15,8 +21,10 @@ from typing import Any
 
 import yaml
 
+from flts import routing
 from flts.dev import REPO
-from flts.dev.deploy.cluster import PORT
+from flts.dev.deploy.cluster import PORT, Edition
+from flts.dev.deploy.openfaas import CE_MAX_REPLICAS, SCALE_MAX, SCALE_MIN, SCALE_ZERO
 
 SCHEMA_DIR = REPO / "deploy" / "schemas"
 KNATIVE_SCHEMA_DIR = SCHEMA_DIR / "knative"
@@ -26,6 +34,14 @@ DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 ISO_DURATION = re.compile(r"^P(?!$)(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?$")
 RESERVED_ENV = {"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"}  # set by Knative itself
 AUTOSCALING = "autoscaling.knative.dev/"
+PROGRESS_DEADLINE = "serving.knative.dev/progress-deadline"
+# Knative's defaults when an annotation or field is absent (config-autoscaler, config-deployment,
+# config-defaults of a fresh install).
+DEFAULT_UTILIZATION = 70.0  # container-concurrency-target-percentage
+DEFAULT_TARGET = 100.0  # container-concurrency-target-default, when containerConcurrency is 0
+DEFAULT_PROGRESS_DEADLINE = 600  # seconds
+DEFAULT_TIMEOUT = 300  # revision-timeout-seconds
+GO_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 # Kubernetes label syntax: [prefix/]name, name and value up to 63 alphanumerics, - _ . inside.
 LABEL_NAME = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
@@ -117,6 +133,62 @@ def stack_errors(spec: dict, schema: dict | None = None) -> list[str]:
     return _jsonschema_errors("stack.yml", spec, schema or stack_schema())
 
 
+# --------------------------------------------------------------------------- OpenFaaS editions
+PROBE_ANNOTATIONS = ("com.openfaas.health.http.", "com.openfaas.ready.http.")
+
+
+def _count(labels: dict, name: str, default: int | None) -> int | None:
+    """A replica-count label as a number (the stack schema reports one that is not)."""
+    value = labels.get(name, "")
+    return int(value) if str(value).isdigit() else default
+
+
+def _ce_errors(where: str, labels: dict, annotations: dict) -> list[str]:
+    """What OpenFaaS Community Edition refuses (openfaas/faas-netes, ValidateDeployRequest, CE
+    build; the quoted message is its own) or silently ignores."""
+    errors = []
+    if SCALE_ZERO in labels:  # refused whatever its value
+        errors.append(f"{where}: refused by CE: 'com.openfaas.scale.zero not available for Community Edition'")
+    if _count(labels, SCALE_MAX, 0) > CE_MAX_REPLICAS:
+        errors.append(f"{where}: refused by CE: {SCALE_MAX} {labels[SCALE_MAX]} is above its {CE_MAX_REPLICAS} replicas")
+    ignored = sorted(a for a in annotations if a.startswith(PROBE_ANNOTATIONS))
+    if ignored:
+        errors.append(f"{where}: ignored by CE, whose probes are fixed at the watchdog's /_/health: {ignored}")
+    return errors
+
+
+def _pro_errors(where: str, name: str, annotations: dict) -> list[str]:
+    """On Pro, com.openfaas.health.http.path sets the liveness probe: a failure restarts the pod."""
+    liveness = annotations.get("com.openfaas.health.http.path")
+    if liveness is None:
+        return []
+    try:
+        spec = routing.deployment(name).spec
+    except KeyError:
+        return [f"{where}: not a deployment of the routing table"]
+    if liveness != spec.liveness_path:
+        return [f"{where}: com.openfaas.health.http.path {liveness} sets the liveness probe (a failure restarts the "
+                f"pod): it must be the function's liveness route {spec.liveness_path}; readiness is "
+                "com.openfaas.ready.http.path"]
+    return []
+
+
+def edition_errors(spec: dict, edition: Edition) -> list[str]:
+    """The rules of the OpenFaaS edition stack.yml is deployed to, for every function."""
+    errors = []
+    for name, fn in spec.get("functions", {}).items():
+        where = f"stack.yml {name!r}"
+        labels, annotations = fn.get("labels", {}), fn.get("annotations", {})
+        low, high = _count(labels, SCALE_MIN, 1), _count(labels, SCALE_MAX, None)
+        if high is not None and low > high:
+            errors.append(f"{where}: {SCALE_MIN} {low} is above {SCALE_MAX} {high}")
+        if edition is Edition.CE:
+            errors += _ce_errors(where, labels, annotations)
+        else:
+            errors += _pro_errors(where, name, annotations)
+    return errors
+
+
 # --------------------------------------------------------------------------- webhook rules
 def _container_rules(where: str, container: dict) -> list[str]:
     errors = []
@@ -143,21 +215,24 @@ def _service_rules(svc: dict) -> list[str]:
     template = svc["spec"]["template"]
     ann = template.get("metadata", {}).get("annotations", {})
     spec = template["spec"]
+    cc = spec.get("containerConcurrency", 0)
     try:
         low, high = int(ann.get(AUTOSCALING + "min-scale", 0)), int(ann.get(AUTOSCALING + "max-scale", 0))
-        target = float(ann.get(AUTOSCALING + "target", 1))
+        target = float(ann.get(AUTOSCALING + "target", cc or DEFAULT_TARGET))
+        utilization = float(ann.get(AUTOSCALING + "target-utilization-percentage", DEFAULT_UTILIZATION))
     except ValueError as exc:
         return errors + [f"{where}: autoscaling annotation is not a number: {exc}"]
     if low < 0 or high < 0 or (high and low > high):
         errors.append(f"{where}: min-scale {low} must be <= max-scale {high} (both >= 0)")
-    if target <= 0:
-        errors.append(f"{where}: autoscaling target must be > 0, got {target}")
+    if target <= 0 or not 1 <= utilization <= 100:
+        errors.append(f"{where}: autoscaling target must be > 0 and its utilization in 1..100 %")
+    else:
+        errors += _instances_per_request(where, min(target, cc or target) * utilization / 100)
     if ann.get(AUTOSCALING + "metric", "concurrency") not in ("concurrency", "rps"):
         errors.append(f"{where}: the KPA scales on concurrency or rps only")
-    timeout = spec.get("timeoutSeconds", 300)
+    timeout = spec.get("timeoutSeconds", DEFAULT_TIMEOUT)
     if not 0 < timeout <= 600:
         errors.append(f"{where}: timeoutSeconds {timeout} must be in 1..600 (max-revision-timeout-seconds)")
-    cc = spec.get("containerConcurrency", 0)
     if not 0 <= cc <= 1000:
         errors.append(f"{where}: containerConcurrency {cc} must be in 0..1000")
     if cc and target > cc:
@@ -166,6 +241,54 @@ def _service_rules(svc: dict) -> list[str]:
     if len(containers) != 1:
         errors.append(f"{where}: exactly one container expected, got {len(containers)}")
     return errors + [e for c in containers for e in _container_rules(where, c)]
+
+
+def _instances_per_request(where: str, effective_target: float) -> list[str]:
+    """The KPA wants ceil(in flight / effective target) instances: below 1, more than one per request."""
+    if effective_target >= 1:
+        return []
+    return [f"{where}: effective autoscaling target {effective_target:g} (target × target-utilization-percentage) "
+            f"is below 1: one request in flight asks for {math.ceil(1 / effective_target)} instances"]
+
+
+def duration_seconds(text: str) -> float | None:
+    """Seconds of an ISO-8601 duration (PT900S) or a Go duration (300s, 10m); None when neither."""
+    iso = ISO_DURATION.match(text)
+    if iso:
+        days, _, hours, minutes, seconds, _ = iso.groups()
+        parts = ((days, 86400), (hours, 3600), (minutes, 60), (seconds, 1))
+        return sum(float(value[:-1]) * unit for value, unit in parts if value)
+    go = GO_DURATION.match(text)
+    if go and any(go.groups()):
+        hours, minutes, seconds = (int(v or 0) for v in go.groups())
+        return hours * 3600 + minutes * 60 + seconds
+    return None
+
+
+def _worst_case_seconds(svc: dict) -> float:
+    """A cold start (the revision's progress deadline) plus the request (timeoutSeconds)."""
+    template = svc["spec"]["template"]
+    deadline = template.get("metadata", {}).get("annotations", {}).get(PROGRESS_DEADLINE)
+    cold = duration_seconds(deadline) if deadline else DEFAULT_PROGRESS_DEADLINE
+    return (cold or 0) + template["spec"].get("timeoutSeconds", DEFAULT_TIMEOUT)
+
+
+def delivery_timeout_errors(objects: list[dict]) -> list[str]:
+    """A Trigger's per-attempt timeout must outlast its subscriber's cold start plus its request:
+    shorter, and the Broker retries while the first attempt still runs, onto a second instance."""
+    services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
+    errors = []
+    for trigger in (o for o in objects if o["kind"] == "Trigger"):
+        ref = trigger["spec"].get("subscriber", {}).get("ref", {})
+        timeout = trigger["spec"].get("delivery", {}).get("timeout")
+        if ref.get("kind") != "Service" or ref.get("name") not in services or timeout is None:
+            continue  # no timeout: the attempt waits as long as the subscriber takes
+        need, got = _worst_case_seconds(services[ref["name"]]), duration_seconds(timeout) or 0
+        if got < need:
+            errors.append(f"Trigger {trigger['metadata']['name']!r}: delivery timeout {timeout} ({got:g} s) is shorter "
+                          f"than Service {ref['name']!r}'s cold start plus timeoutSeconds ({need:g} s): the Broker "
+                          "would retry while the first attempt still runs, and the retry lands on a second instance")
+    return errors
 
 
 def _delivery_rules(where: str, delivery: dict | None) -> list[str]:
@@ -239,7 +362,7 @@ _SPEC_RULES: dict[str, Callable[[str, dict, Names], list[str]]] = {
 
 
 def semantic_errors(objects: list[dict]) -> list[str]:
-    """Webhook rules plus references: every ref points at an object of this set."""
+    """Webhook rules, references (every ref points at an object of this set) and delivery timeouts."""
     names = {(o["kind"], o["metadata"]["name"]) for o in objects}
     errors = []
     seen = set()
@@ -253,7 +376,7 @@ def semantic_errors(objects: list[dict]) -> list[str]:
             errors += _service_rules(o)
         elif kind in _SPEC_RULES:
             errors += _SPEC_RULES[kind](where, o.get("spec", {}), names)
-    return errors
+    return errors + delivery_timeout_errors(objects)
 
 
 def knative_errors(objects: list[dict], schema_dir: Path = KNATIVE_SCHEMA_DIR) -> list[str]:
