@@ -33,6 +33,19 @@ def _demo(args) -> int:
     return run_demo(dataset=args.dataset, workdir=Path(args.workdir), fresh=args.fresh, stages=args.until)
 
 
+def _history_rows(base: str, timeout: float) -> int:
+    """How many rows the served model needs (GET /readyz: model.history_rows; this wakes a scaled-to-zero infer)."""
+    import urllib.request
+
+    import orjson
+
+    with urllib.request.urlopen(base + "/readyz", timeout=timeout) as response:
+        ready = orjson.loads(response.read())
+    if ready.get("model") is None:
+        raise SystemExit(f"{base} serves no model yet: {ready.get('reason', 'nothing promoted')}")
+    return int(ready["model"]["history_rows"])
+
+
 def _predict(args) -> int:
     """POST the last rows of a CSV to a running infer and print the forecast."""
     import urllib.error
@@ -42,10 +55,12 @@ def _predict(args) -> int:
 
     from flts.dev.forecast import last_rows, request_body
 
-    body = request_body(last_rows(Path(args.csv), args.rows), args.timestamp_column)
-    request = urllib.request.Request(args.url.rstrip("/") + "/predict", data=orjson.dumps(body),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+    base = args.url.rstrip("/")
     try:
+        rows = args.rows or _history_rows(base, args.timeout)
+        body = request_body(last_rows(Path(args.csv), rows), args.timestamp_column)
+        request = urllib.request.Request(base + "/predict", data=orjson.dumps(body),
+                                         headers={"Content-Type": "application/json"}, method="POST")
         with urllib.request.urlopen(request, timeout=args.timeout) as response:
             answer = orjson.loads(response.read())
     except urllib.error.HTTPError as exc:  # a 4xx/5xx carries the reason in its JSON body
@@ -82,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="forecast from the last rows of a CSV with a running infer (POST /predict)")
     predict.add_argument("csv", help="a CSV with the timestamp and the model's feature columns")
     predict.add_argument("--url", default="http://127.0.0.1:18105", help="infer's base URL (default: the local stack's)")
-    predict.add_argument("--rows", type=int, default=10, help="how many of the last rows to send (default 10)")
+    predict.add_argument("--rows", type=int, default=None,
+                         help="how many of the last rows to send (default: the model's history_rows from /readyz)")
     predict.add_argument("--timestamp-column", default="time")
     predict.add_argument("--timeout", type=float, default=30.0, help="seconds (a cold start from zero included)")
     predict.set_defaults(func=_predict)

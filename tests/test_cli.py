@@ -21,7 +21,22 @@ def test_predict_refuses_a_csv_shorter_than_the_window(tmp_path):
     short = tmp_path / "short.csv"
     short.write_text("time,down\n2018-01-01 00:00:00,1\n")
     with pytest.raises(SystemExit, match="has 1 rows; the forecast needs 10"):
-        cli.main(["predict", str(short)])
+        cli.main(["predict", str(short), "--rows", "10"])
+
+
+def test_predict_sends_the_history_the_served_model_asks_for(file_store, lte_dir, capsys):
+    from flts.dev.testing import LTE_FEATURES, persistence_onnx, promote, running_server
+    from flts.infer.app import create_app
+
+    promote(file_store, persistence_onnx(12, len(LTE_FEATURES), 1, LTE_FEATURES.index("down")), input_seq_len=12,
+            output_seq_len=1)
+    with running_server(create_app({"FLTS_OBJECT_DIR": str(file_store.root)}, file_store)) as url:
+        assert cli.main(["predict", str(lte_dir / "PobleSec_test.csv"), "--url", url]) == 0  # 12 rows, from /readyz
+        assert '"predictions"' in capsys.readouterr().out
+        with pytest.raises(SystemExit, match="has 3 rows; the forecast needs 12"):
+            short = file_store.root.parent / "short.csv"
+            short.write_text("time,down\n" + "".join(f"2018-01-01 00:0{i}:00,1\n" for i in range(3)))
+            cli.main(["predict", str(short), "--url", url])
 
 
 def test_every_subcommand_is_listed(capsys):

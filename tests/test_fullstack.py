@@ -130,8 +130,11 @@ def _get_json(s3, bucket: str, key: str) -> dict:
         response.release_conn()
 
 
-def _predict_body(test: pd.DataFrame, identifier: str, rows: int = 10) -> dict:
-    window = test.iloc[100:100 + rows]  # a real window from the held-out data
+def _predict_body(history: pd.DataFrame, identifier: str, rows: int) -> dict:
+    """The `rows` real rows (the model's history_rows) that end at test row 110: they reach back
+    into the training tail when the model's window is longer than that (LGBM's daily lags)."""
+    end = len(history) - TEST_ROWS + 110
+    window = history.ffill().iloc[end - rows:end]  # empty cells carry the previous value, as `flts predict` does
     return {"data": {col: window[col].tolist() for col in window.columns}, "index_col": "time",
             "identifier": identifier}
 
@@ -170,9 +173,9 @@ def test_pipeline_through_the_full_stack_and_infer_scales_to_zero(full_stack, in
         seen = reader.until(lambda s: _selected(s), identifier, PIPELINE_TIMEOUT)
         print(f"\nupload → model-selected on Kafka: {time.monotonic() - started:.1f}s")
         seen_pids |= _our_pids(cfg)
-        # eval answers (reply → model-selected) after every SUCCESS is on Kafka: all three are read
+        # eval answers (reply → model-selected) after every SUCCESS is on Kafka: all of them are read
         reader.until(lambda s: len({d["model_type"] for k, d in s if k == events.MODEL_TRAINING
-                                    and d["status"] == "SUCCESS"}) == 3, identifier, 10)
+                                    and d["status"] == "SUCCESS"}) == len(forecasters.names()), identifier, 10)
     finally:
         reader.close()
     trainings = [d for kind, d in seen if kind == events.MODEL_TRAINING]
@@ -213,7 +216,8 @@ def test_pipeline_through_the_full_stack_and_infer_scales_to_zero(full_stack, in
     assert row["state"] == "healthy" and row["scaled_to_zero"] and "scaled to zero" in row["note"]
 
     # /predict through the front door: a cold start, answered by the promoted model
-    body = _predict_body(test, identifier)
+    history = pd.concat([pd.read_csv(train_csv), test], ignore_index=True)
+    body = _predict_body(history, identifier, pointer.input_seq_len)
     with httpx.Client(base_url=_infer_url(cfg), timeout=60, trust_env=False) as client:
         t0 = time.monotonic()
         response = client.post("/predict", json=body)
@@ -241,9 +245,11 @@ def test_pipeline_through_the_full_stack_and_infer_scales_to_zero(full_stack, in
         assert restarted["starts"] == running["starts"] + 1 and restarted["pid"] != running["pid"]
         seen_pids.add(restarted["pid"])
 
-    # `flts predict` sends the test CSV's last 10 rows and prints the answer
+    # `flts predict` sends the CSV's last history_rows rows (asked from /readyz) and prints the answer
+    history_csv = test_csv.with_name("history.csv")
+    history.to_csv(history_csv, index=False)
     capsys.readouterr()
-    assert cli.main(["predict", str(test_csv), "--url", _infer_url(cfg)]) == 0
+    assert cli.main(["predict", str(history_csv), "--url", _infer_url(cfg)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["run_id"] == pointer.run_id
     assert datetime.fromisoformat(printed["predictions"][0]["ts"]) == test["time"].map(datetime.fromisoformat).max() + timedelta(minutes=2)
