@@ -78,8 +78,11 @@ def _print(model: dict, body: dict, result: dict, actual: list[dict], target: st
     print(f"  model       {model['model_type']} run {model['run_id']} ({model['format']}), identifier {model['identifier']}")
     print(f"  config_hash {model['config_hash'][:16]}…  model load {loaded:.2f}s  request {latency_ms:.1f} ms")
     print(f"  request     {len(times)} rows {times[0]} → {times[-1]}, {len(body['data']) - 1} columns")
-    print(f"\n  {'ts':<22}{'forecast ' + target:>22}{'actual':>18}{'error %':>10}")
+    level = next((key[len("lower_"):] for key in result["predictions"][0] if key.startswith("lower_")), None)
+    interval = f"{level} % interval" if level else ""
+    print(f"\n  {'ts':<22}{'forecast ' + target:>22}{'actual':>18}{'error %':>10}  {interval}".rstrip())
     for prediction, row in zip(result["predictions"], actual, strict=False):
         value, truth = prediction[target], float(row[target]) if row.get(target) else float("nan")
         err = f"{100 * (value - truth) / truth:+.1f}" if truth == truth and truth else "n/a"
-        print(f"  {prediction['ts']:<22}{value:>22,.0f}{truth:>18,.0f}{err:>10}")
+        bounds = f"  {prediction[f'lower_{level}']:,.0f} … {prediction[f'upper_{level}']:,.0f}" if level else ""
+        print(f"  {prediction['ts']:<22}{value:>22,.0f}{truth:>18,.0f}{err:>10}{bounds}")
