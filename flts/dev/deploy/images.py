@@ -151,6 +151,15 @@ ARG TORCH_INDEX=
 RUN if [ -z "$TORCH_INDEX" ]; then pip install -r requirements.txt -r requirements-cuda.txt; \\
     else pip install --extra-index-url "$TORCH_INDEX" -r requirements.txt; fi"""
 
+# What every image (the functions' and the dispatcher's) shares: quiet pip and Python, and the
+# shared package installed without its dependencies, which an earlier layer installed pinned.
+PYTHON_ENV = "ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1"
+SHARED_PACKAGE = """\
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY flts/ flts/
+RUN pip install --no-deps -e ."""
+
 DOCKERFILE = """\
 # {generated}
 # Image of functions/{function}. Build from the repository root:
@@ -160,7 +169,7 @@ DOCKERFILE = """\
 FROM {watchdog} AS watchdog
 
 FROM {python}
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+{python_env}
 COPY --from=watchdog /fwatchdog /usr/bin/fwatchdog
 RUN useradd --uid {uid} --create-home --shell /usr/sbin/nologin app
 # The repository's layout: /app is the project root, the function's folder functions/handler.
@@ -169,10 +178,7 @@ WORKDIR /app/functions/handler
 COPY {requirement_files} ./
 {pip_install}
 # Then the code: the shared package (without flts/dev: .dockerignore), the function, the entry.
-WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY flts/ flts/
-RUN pip install --no-deps -e .
+{shared_package}
 COPY functions/{function}/ functions/handler/
 COPY template/{template}/index.py index.py
 WORKDIR /app/functions/handler
@@ -193,7 +199,8 @@ def dockerfile(function: str, registry: str = REGISTRY) -> str:
         generated=GENERATED.format(target="knative"), function=function, image=image(function, registry),
         build_arg_hint=f"\n#   CPU-only torch: add --build-arg TORCH_INDEX={TORCH_CPU_INDEX}" if torch else "",
         requirement_files=" ".join(files), pip_install=PIP_INSTALL_TORCH if torch else PIP_INSTALL,
-        template=TEMPLATE, watchdog=WATCHDOG_IMAGE, python=PYTHON_IMAGE, uid=APP_UID, upstream=UPSTREAM, port=PORT)
+        template=TEMPLATE, watchdog=WATCHDOG_IMAGE, python=PYTHON_IMAGE, uid=APP_UID, upstream=UPSTREAM, port=PORT,
+        python_env=PYTHON_ENV, shared_package=SHARED_PACKAGE)
 
 
 def dockerfiles(registry: str = REGISTRY) -> dict[str, str]:

@@ -37,6 +37,7 @@ from flts.dev.deploy.cluster import (
     image,
     secret_file_name,
 )
+from flts.dev.deploy.images import PYTHON_ENV, SHARED_PACKAGE
 from flts.routing import Deployment
 from flts.spec import Capacity, FunctionSpec
 
@@ -167,16 +168,13 @@ DISPATCHER_DOCKERFILE = """\
 # Image of the event dispatcher (Kafka → OpenFaaS functions, and their K_SINK). Build from
 # the repository root:  docker build -f deploy/openfaas/dispatcher.Dockerfile -t {image} .
 FROM {python}
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+{python_env}
 RUN useradd --uid {uid} --create-home --shell /usr/sbin/nologin app
 # Dependencies first (every package pinned), in a layer a code change does not touch.
 WORKDIR /app/eventing/dispatcher
 COPY eventing/dispatcher/requirements.txt ./
 RUN pip install -r requirements.txt
-WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY flts/ flts/
-RUN pip install --no-deps -e .
+{shared_package}
 COPY eventing/dispatcher/ eventing/dispatcher/
 WORKDIR /app/eventing/dispatcher
 USER {uid}
@@ -188,7 +186,8 @@ CMD ["python", "main.py"]
 
 def dispatcher_dockerfile(registry: str = REGISTRY) -> str:
     return DISPATCHER_DOCKERFILE.format(generated=GENERATED.format(target="openfaas"), image=dispatcher_image(registry),
-                                        python=PYTHON_IMAGE, uid=APP_UID, port=DISPATCHER_PORT)
+                                        python=PYTHON_IMAGE, uid=APP_UID, port=DISPATCHER_PORT,
+                                        python_env=PYTHON_ENV, shared_package=SHARED_PACKAGE)
 
 
 # --------------------------------------------------------------------------- shrinkwrap
