@@ -23,11 +23,11 @@ from flts.train.handler import Job, fit_and_write
 from flts.train.settings import TrainSettings
 
 IN_LEN, OUT_LEN, STEP = 6, 2, 1800.0
-HEAVY = {"torch", "onnxruntime", "pandas", "prophet", "mlflow"}
+HEAVY = {"torch", "onnxruntime", "pandas", "prophet", "mlflow", "statsforecast", "numba"}
 
 
 def test_names_are_the_registered_families_in_order():
-    assert forecasters.names() == ("GRU", "LSTM", "PROPHET", "LGBM")
+    assert forecasters.names() == ("GRU", "LSTM", "PROPHET", "LGBM", "MSTL")
     assert [f.name for f in forecasters.FAMILIES] == list(forecasters.names())
 
 
@@ -51,7 +51,7 @@ def test_lookups_by_type_and_format():
 
 
 def test_unknown_model_type_names_the_variable_and_the_families():
-    expected = r"MODEL_TYPE must be one of \['GRU', 'LSTM', 'PROPHET', 'LGBM'\], got 'xgboost'"
+    expected = r"MODEL_TYPE must be one of \['GRU', 'LSTM', 'PROPHET', 'LGBM', 'MSTL'\], got 'xgboost'"
     with pytest.raises(UnknownModelType, match=expected):
         forecasters.family("xgboost")
     with pytest.raises(ConfigError, match=expected):
@@ -61,7 +61,7 @@ def test_unknown_model_type_names_the_variable_and_the_families():
 
 
 def test_unknown_artifact_format_names_the_known_ones():
-    with pytest.raises(ArtifactError, match=r"unknown artifact format 'pickle' \(known: \['onnx', 'prophet-json'\]\)"):
+    with pytest.raises(ArtifactError, match=r"unknown artifact format 'pickle' \(known: \['mstl-json', 'onnx', 'prophet-json'\]\)"):
         forecasters.artifact_format("pickle")
 
 
@@ -128,3 +128,12 @@ def test_a_model_that_does_not_load_is_named(tmp_path):
     spec = InputSpec(IN_LEN, OUT_LEN, (), "load")
     with pytest.raises(ArtifactError, match="the artifact is not a Prophet model JSON"):
         forecasters.artifact_format("prophet-json").load_for_serving(b"{", spec, ServingSettings.from_env({}))
+
+
+def test_the_pointer_contract_knows_every_artifact_format():
+    from typing import get_args
+
+    from flts.events import PromotionPointer
+
+    assert set(get_args(PromotionPointer.model_fields["artifact_format"].annotation)) == {
+        f.name for f in forecasters.FORMATS}

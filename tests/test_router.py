@@ -180,7 +180,8 @@ def test_the_real_routing_table():
     """One trainer per family, each with its MODEL_TYPE, gets training data; each type has one topic."""
     trainers = routing.subscribers(events.TRAINING_DATA)
     assert [(d.name, d.env["MODEL_TYPE"]) for d in trainers] == [
-        ("train-gru", "GRU"), ("train-lstm", "LSTM"), ("train-prophet", "PROPHET"), ("train-lgbm", "LGBM")]
+        ("train-gru", "GRU"), ("train-lstm", "LSTM"), ("train-prophet", "PROPHET"), ("train-lgbm", "LGBM"),
+        ("train-mstl", "MSTL")]
     assert [d.name for d in routing.subscribers(events.DATASET_READY)] == ["preprocess"]
     assert [d.name for d in routing.subscribers(events.MODEL_TRAINING)] == ["eval"]
     assert {d.name for d in routing.subscribers(events.MODEL_SELECTED)} == {"infer"}

@@ -1,6 +1,6 @@
 """The registry of model families: training, scoring and serving look a MODEL_TYPE up here.
 
-A family (GRU, LSTM, PROPHET, LGBM) says how it is trained (`Family.module`: `fit`), which settings
+A family (GRU, LSTM, PROPHET, LGBM, MSTL) says how it is trained (`Family.module`: `fit`), which settings
 it reads (logged as the run's params) and how its model is served: its ArtifactFormat, i.e.
 the model file beside signature.json and the module that loads it for scoring (eval) and for
 serving (infer). GRU, LSTM and LGBM share the ONNX format, so one loader serves them. The interface
@@ -77,7 +77,9 @@ ONNX = ArtifactFormat("onnx", "model.onnx", "flts.forecasters.onnx", platform="o
                       takes_features=True)
 PROPHET_JSON = ArtifactFormat("prophet-json", "model.json", "flts.forecasters.prophet", platform="prophet",
                               takes_features=False)
-FORMATS: tuple[ArtifactFormat, ...] = (ONNX, PROPHET_JSON)
+# Seasonal profiles + ETS weights, evaluated with numpy (flts.forecasters.mstl): reads the target only.
+MSTL_JSON = ArtifactFormat("mstl-json", "model.json", "flts.forecasters.mstl", platform="numpy", takes_features=True)
+FORMATS: tuple[ArtifactFormat, ...] = (ONNX, PROPHET_JSON, MSTL_JSON)
 
 RNN_SETTINGS = ("val_fraction", "seed", "hidden_size", "num_layers", "dropout", "epochs", "batch_size",
                 "learning_rate", "weight_decay", "loss", "patience", "torch_threads", "onnx_opset", "parity_tolerance")
@@ -92,6 +94,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("PROPHET", PROPHET_JSON, "flts.forecasters.prophet", ("prophet_max_rows", "val_fraction")),
     # Trees on lags, their features computed inside the ONNX graph: served like GRU/LSTM.
     Family("LGBM", ONNX, "flts.forecasters.lgbm", LGBM_SETTINGS),
+    # statsforecast's MSTL + AutoETS, served as a matrix and seasonal profiles (no statsforecast in infer).
+    Family("MSTL", MSTL_JSON, "flts.forecasters.mstl", ("val_fraction", "mstl_seasons", "mstl_max_window")),
 )
 
 

@@ -42,6 +42,8 @@ class Fitted:
     validation: tuple[np.ndarray, np.ndarray] | None = None
     input_seq_len: int | None = None  # the window the served model reads, when the family sets it (LGBM: its
     # largest lag); None = INPUT_SEQ_LEN
+    feature_columns: list[str] | None = None  # the columns the served model reads, when fewer than all (MSTL:
+    # the target); None = every feature column (or none, for a format that reads only timestamps)
 
 
 class ScoringModel(Protocol):

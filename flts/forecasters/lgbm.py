@@ -41,10 +41,10 @@ from flts.logs import log
 from flts.metrics import TargetScale
 from flts.settings import ConfigError
 from flts.train.artifacts import fit_scaler
-from flts.train.data import TrainData, validation_rows
-from flts.train.errors import TrainDataError, TrainError, TrainingError
+from flts.train.data import TrainData, held_out_rows, validation_rows
+from flts.train.errors import TrainError, TrainingError
 from flts.train.settings import TrainSettings
-from flts.windows import lookback_rows, make_windows, window_count
+from flts.windows import make_windows, window_count
 
 MAX_HORIZON = 48  # one booster per step: fit time and graph size grow with the horizon
 OPSET = 15  # onnxmltools converts LightGBM up to opset 15
@@ -245,20 +245,6 @@ def feature_table(session, features: np.ndarray, target: np.ndarray, plan: LagPl
     return Table(np.concatenate([p[0] for p in parts]),
                  [np.concatenate([p[1][h] for p in parts]) for h in range(horizon)],
                  np.concatenate([p[2] for p in parts]))
-
-
-def held_out_rows(split: TrainData, input_len: int, horizon: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """The rows the test windows are cut from: when the test split follows the training split,
-    its first windows take their inputs from the training tail, so every test row is a target.
-    Returns (features, target, lookback rows)."""
-    train, test = split.train, split.test
-    lookback = lookback_rows(train.times, test.times, input_len)
-    features = np.concatenate([train.features[len(train.features) - lookback:], test.features])
-    if window_count(len(features), input_len, horizon) < 1:
-        alone = "" if lookback else ", the test split does not follow the training split"
-        raise TrainDataError(f"the test split has {len(test.target)} rows: too few for one window of {input_len} "
-                             f"input rows (the LGBM model's largest lag{alone}) + {horizon} output rows")
-    return features, features[:, split.target_index], lookback
 
 
 # ---------------------------------------------------------------- the family

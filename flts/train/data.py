@@ -15,7 +15,7 @@ import pandas as pd
 
 from flts.storage import InvalidKey, ObjectNotFound, ObjectStore
 from flts.train.errors import TrainDataError
-from flts.windows import window_count
+from flts.windows import lookback_rows, window_count
 
 
 @dataclass(frozen=True)
@@ -129,3 +129,17 @@ def check_train_rows(rows: int, input_len: int, output_len: int) -> None:
     if window_count(rows, input_len, output_len) < 1:
         raise TrainDataError(f"the training split has {rows} rows: too few for one window of {input_len} input + "
                              f"{output_len} output rows")
+
+
+def held_out_rows(split: TrainData, input_len: int, horizon: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The rows the test windows of a model reading `input_len` rows are cut from: when the test
+    split follows the training split, its first windows take their inputs from the training tail,
+    so every test row is a target. Returns (features, target, lookback rows)."""
+    train, test = split.train, split.test
+    lookback = lookback_rows(train.times, test.times, input_len)
+    features = np.concatenate([train.features[len(train.features) - lookback:], test.features])
+    if window_count(len(features), input_len, horizon) < 1:
+        alone = "" if lookback else ", the test split does not follow the training split"
+        raise TrainDataError(f"the test split has {len(test.target)} rows: too few for one window of {input_len} "
+                             f"input rows (the model's history{alone}) + {horizon} output rows")
+    return features, features[:, split.target_index], lookback

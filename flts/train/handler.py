@@ -152,7 +152,7 @@ def fit_and_write(job: Job, split: data.TrainData, folder: Path) -> tuple[dict, 
     fitted = family.fit(job.settings, split, folder, f"{family.name} {job.claim.identifier}")
     target_scale = TargetScale.fit(split.train.target)
     metrics = {**regression_metrics(fitted.truth, fitted.forecast, target_scale), **fitted.metrics}
-    signature = _signature(job, split, family, fitted.input_seq_len or job.settings.input_seq_len)
+    signature = _signature(job, split, family, fitted)
     if fitted.validation is not None:
         val_metrics, signature["intervals"] = _validation(job.settings, fitted.validation, target_scale)
         metrics.update(val_metrics)
@@ -171,11 +171,12 @@ def _validation(settings: TrainSettings, validation: tuple, target_scale: Target
     return metrics, {"levels": levels, "half_widths": conformal_half_widths(truth, forecast, levels)}
 
 
-def _signature(job: Job, split: data.TrainData, family: forecasters.Family, input_seq_len: int) -> dict:
+def _signature(job: Job, split: data.TrainData, family: forecasters.Family, fitted: forecasters.Fitted) -> dict:
     s = job.settings
     # A family that reads only the timestamps (Prophet) takes no feature column.
-    columns = split.feature_columns if family.format.takes_features else []
+    columns = (fitted.feature_columns or split.feature_columns) if family.format.takes_features else []
     return artifacts.signature(fmt=family.format.name, feature_columns=columns, target=job.target,
-                               timestamp_column=job.timestamp_column, input_seq_len=input_seq_len,
+                               timestamp_column=job.timestamp_column,
+                               input_seq_len=fitted.input_seq_len or s.input_seq_len,
                                output_seq_len=s.output_seq_len, frequency_seconds=split.frequency_seconds(),
                                config_hash=job.claim.config_hash, model_type=s.model_type)
