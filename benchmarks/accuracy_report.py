@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from flts.metrics import TargetScale, regression_metrics
+from flts.plots import draw_forecast
 
 BETTER_BY = 0.05  # "clearly better": at least 5 % below the best peer's NRMSE
 PLOT_DAYS = 3
@@ -40,12 +41,14 @@ class Case:
     facts: dict  # what the JSON and the table header say about the rows scored
     rows: list[Row] = field(default_factory=list)
     paper: dict | None = None  # LTE h = 1: NRMSE on the paper's windows, and the paper's figures
+    intervals: dict | None = None  # the promoted model's (the pointer's), drawn in the plot
 
     def add(self, row: Row, intervals: dict | None = None) -> None:
         if row.forecast is not None:
             row.metrics = score(self.truth, row.forecast, self.scale)
             if intervals:
                 row.metrics.update(interval_metrics(self.truth, row.forecast, intervals))
+                self.intervals = intervals
         self.rows.append(row)
 
     @property
@@ -186,12 +189,11 @@ def plot_dataset(cases: list[Case], path: Path, day_steps: int) -> None:
     fig, axes = plt.subplots(len(cases), 1, figsize=(12, 3.2 * len(cases)), squeeze=False)
     last = PLOT_DAYS * day_steps
     for ax, case in zip(axes[:, 0], cases, strict=True):
-        times = case.times.iloc[-last:]
-        ax.plot(times, case.truth[-last:, -1], color="black", lw=1.0, label="actual")
-        for row, style in ((case.promoted, {"color": "tab:blue", "lw": 1.0}),
-                           (case.best_peer, {"color": "tab:orange", "lw": 0.8, "ls": "--"})):
-            label = f"{'peer ' if row.kind == 'peer' else ''}{row.name} (NRMSE, all steps: {row.metrics['nrmse']:.3f})"
-            ax.plot(times, row.forecast[-last:, -1], label=label, **style)
+        times, promoted, peer = case.times.iloc[-last:], case.promoted, case.best_peer
+        draw_forecast(ax, times, case.truth[-last:, -1], promoted.forecast[-last:, -1], case.intervals,
+                      f"{promoted.name} (NRMSE, all steps: {promoted.metrics['nrmse']:.3f})")
+        ax.plot(times, peer.forecast[-last:, -1], color="tab:orange", lw=0.8, ls="--",
+                label=f"peer {peer.name} (NRMSE, all steps: {peer.metrics['nrmse']:.3f})")
         ax.set_title(f"{case.dataset}, h = {case.horizon_label}: {case.target}, forecast made {case.horizon} "
                      f"step(s) before each target", fontsize=10)
         ax.legend(fontsize=8, loc="upper left")

@@ -241,6 +241,22 @@ def test_the_validation_score_chooses_and_the_winners_intervals_are_promoted(env
     assert test_scores["GRU"] < test_scores["LSTM"]  # the test split would have chosen GRU
 
 
+def test_the_promoted_run_gets_its_forecast_plot(env):
+    """plots/forecast_vs_actual.png on the winner's run only: forecast vs actual with its intervals."""
+    from mlflow.tracking import MlflowClient
+
+    claim = preprocess_dataset(env)
+    intervals = {"levels": [0.8, 0.95], "half_widths": [[1.0, 2.0], [3.0, 4.0]]}
+    runs = {t: log_run(env, claim, t, f, validation={"score": s, "windows": 50, "intervals": intervals})
+            for t, f, s in (("GRU", 1.0, 0.9), ("LSTM", 0.7, 0.2))}
+    handle(log_run(env, claim, "PROPHET", validation={"score": 0.5, "windows": 50, "intervals": intervals}), env)
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    plots = {t: [a.path for a in client.list_artifacts(r.data["run_id"], "plots")] for t, r in runs.items()}
+    assert plots == {"LSTM": ["plots/forecast_vs_actual.png"], "GRU": []}
+    png = client.download_artifacts(runs["LSTM"].data["run_id"], "plots/forecast_vs_actual.png")
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
 def test_validation_on_unequal_windows_falls_back_to_the_test_score(env):
     claim = preprocess_dataset(env)
     log_run(env, claim, "GRU", 1.0, validation={"score": 0.9, "windows": 50, "intervals": None})

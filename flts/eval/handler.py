@@ -22,12 +22,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from flts import events
 from flts.eval import scoring
 from flts.eval.settings import EvalSettings
 from flts.events import EventError, ModelTraining, PromotionPointer
 from flts.logs import error, log, warn
 from flts.metrics import WEIGHTS, TargetScale, regression_metrics
+from flts.plots import PLOT_FILE, save_forecast_plot
 from flts.promotion import current_key, history_key
 from flts.settings import Env
 from flts.storage import ObjectNotFound, ObjectStore, get_json, put_json, store_from_env
@@ -35,6 +39,7 @@ from flts.storage import ObjectNotFound, ObjectStore, get_json, put_json, store_
 FUNCTION = "eval"
 CHAMPION_ALIAS = "champion"
 SETTLED = ("FINISHED", "FAILED")  # run statuses that end a model type's training for a config hash
+PLOT_DAYS = 3  # the plot logged with a promotion shows the last days of the test split
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 # MLflow draws download progress bars on stderr, which would break the JSON-line logs.
@@ -172,6 +177,8 @@ class Scored:
     candidate: Candidate
     artifact: scoring.ServingArtifact
     metrics: dict
+    forecast: np.ndarray | None = None  # [windows, horizon] of the scoring frame's windows, and their truths
+    truth: np.ndarray | None = None
 
 
 def load_split(store: ObjectStore, request: ModelTraining, settings: EvalSettings) -> scoring.Split:
@@ -212,7 +219,7 @@ def score_candidates(client, candidates: list[Candidate], split: scoring.Split,
             error("promotion_run_excluded", run_id=cand.run_id, model_type=cand.model_type, error=str(exc))
             continue
         metrics["windows"] = len(y)
-        scored.append(Scored(cand, artifact, metrics))
+        scored.append(Scored(cand, artifact, metrics, pred, y))
     return scored, frame
 
 
@@ -265,6 +272,7 @@ def promote(client, store: ObjectStore, request: ModelTraining, candidates: list
             scoreboard=scoreboard_rows(scored))
         winner = pick_winner(scored)
         artifact_key = copy_artifact(store, settings.promotion_bucket, request, winner.artifact)
+        log_forecast_plot(client, winner, frame, request.identifier, Path(tmp))
     pointer = previous_promotion(store, settings.promotion_bucket, request.identifier, request.config_hash,
                                  winner.candidate.run_id)
     if pointer is None:
@@ -280,6 +288,25 @@ def promote(client, store: ObjectStore, request: ModelTraining, candidates: list
     if settings.register_champion:
         set_champion(client, request.identifier, pointer)
     return pointer
+
+
+def log_forecast_plot(client, winner: Scored, frame: scoring.ScoringFrame, identifier: str, workdir: Path) -> None:
+    """The winner's test forecasts vs the actual values, with its intervals, logged to its run
+    (plots/forecast_vs_actual.png; the last PLOT_DAYS of the test split, the last forecast step).
+    A plot that cannot be drawn or logged is reported, never a reason to withhold the promotion."""
+    sig = winner.artifact.signature
+    try:
+        horizon, ts = sig["output_seq_len"], sig.get("timestamp_column") or "time"
+        times = pd.to_datetime(frame.frame[ts]).iloc[frame.origin + horizon - 1:].iloc[:len(winner.truth)]
+        shown = min(len(times), PLOT_DAYS * scoring.season_steps(scoring.frequency_of(frame.frame, ts)))
+        nrmse = winner.metrics["nrmse"]
+        path = save_forecast_plot(workdir / "plots" / PLOT_FILE, times.iloc[-shown:], winner.truth[-shown:, -1],
+                                  winner.forecast[-shown:, -1], sig.get("intervals"),
+                                  f"{winner.candidate.model_type} (test NRMSE {nrmse:.3f})",
+                                  f"{identifier}: {sig['target']}, forecast {horizon} step(s) before each target")
+        client.log_artifact(winner.candidate.run_id, str(path), "plots")
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        warn("promotion_plot_failed", run_id=winner.candidate.run_id, error=f"{type(exc).__name__}: {exc}")
 
 
 def artifact_prefix(identifier: str, config_hash: str, run_id: str) -> str:
