@@ -289,7 +289,8 @@ def new_case(ds: Dataset, horizon: int, day: int, run: PipelineRun, split: scori
 
 def add_families(case: Case, run: PipelineRun, families: dict, frame: scoring.ScoringFrame) -> None:
     """The promoted model first (with the pointer's intervals, if any), then every family's run."""
-    rows = [family_row(model_type, families, run.failed, frame, case.truth) for model_type in forecasters.names()]
+    types = [*forecasters.names(), *(t for t in families if t not in forecasters.names())]  # + eval's ensemble
+    rows = [family_row(model_type, families, run.failed, frame, case.truth) for model_type in types]
     promoted = next(r for r in rows if r.model_type == run.pointer["model_type"])
     case.add(Row(f"promoted ({promoted.model_type})", "promoted", promoted.forecast, model_type=promoted.model_type),
              intervals=run.pointer.get("intervals"))

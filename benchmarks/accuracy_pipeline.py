@@ -11,6 +11,7 @@ from flts import events, forecasters, routing
 from flts.dev.demo import embedded_env, upload_dataset
 from flts.embedded import Delivery, EmbeddedRouter
 from flts.eval import scoring
+from flts.eval.ensemble import MODEL_TYPE as ENSEMBLE
 from flts.eval.handler import mlflow_client, search_settled
 from flts.storage import FileStore
 
@@ -104,11 +105,12 @@ def load_split(run: PipelineRun) -> scoring.Split:
 
 
 def load_families(run: PipelineRun, workdir: Path) -> dict[str, Family]:
-    """The newest finished run of every family that trained, loaded as eval loads it."""
+    """The newest finished run of every family that trained (and of eval's ensemble, when it built
+    one), loaded as eval loads it."""
     client = mlflow_client(run.env["MLFLOW_TRACKING_URI"])
     runs = search_settled(client, run.experiment, run.claim["config_hash"], limit=200)
     loaded = {}
-    for model_type in forecasters.names():
+    for model_type in (*forecasters.names(), ENSEMBLE):
         if model_type in runs and not runs[model_type].failed:
             cand = runs[model_type]
             artifact = scoring.download_serving_artifact(client, cand.run_id, model_type, workdir / cand.run_id)

@@ -107,7 +107,7 @@ class PromotionPointer(_Data):
     # Where the serving artifact lies (claim check), so infer needs no MLflow client.
     artifact_bucket: str
     artifact_key: str
-    artifact_format: Literal["onnx", "prophet-json", "mstl-json"] = "onnx"
+    artifact_format: Literal["onnx", "prophet-json", "mstl-json", "ensemble-json"] = "onnx"
     input_seq_len: int | None = None
     output_seq_len: int | None = None
     feature_columns: list[str] | None = None

@@ -149,6 +149,8 @@ def log_run(env: dict, claim: events.DataClaim, model_type: str, factor: float =
                  "frequency_seconds": 120.0, "config_hash": claim.config_hash, "model_type": model_type,
                  **({"intervals": validation["intervals"]} if validation and validation["intervals"] else {})}
     (folder / "signature.json").write_bytes(orjson.dumps(signature))
+    if validation and "forecast" in validation:  # what the trainer logs for eval's ensembles
+        np.savez(folder / "validation.npz", forecast=validation["forecast"], truth=validation["truth"])
     client.log_artifacts(run_id, str(folder), model_type)
     metrics = {"rmse": 1.0, "mae": 1.0, "mse": 1.0, "score": 1.0, "train_seconds": 0.1,
                **({"val_score": validation["score"], "val_windows": validation["windows"]} if validation else {})}
@@ -239,6 +241,61 @@ def test_the_validation_score_chooses_and_the_winners_intervals_are_promoted(env
     assert {row["selected_by"] for row in board} == {"val_score"}
     test_scores = {row["model_type"]: row["score"] for row in board}
     assert test_scores["GRU"] < test_scores["LSTM"]  # the test split would have chosen GRU
+
+
+def validation_with_error(error: float, score: float) -> dict:
+    truth = np.linspace(900, 1100, 50 * OUT_LEN).reshape(50, OUT_LEN)
+    return {"score": score, "windows": 50, "intervals": None, "forecast": truth + error, "truth": truth}
+
+
+def test_an_ensemble_that_beats_every_candidate_on_validation_is_promoted(env, capsys):
+    """GRU and LSTM err in opposite directions on validation: their mean is exact there, so it
+    becomes a candidate (an MLflow run of its own) and wins; infer serves the mean of the two graphs."""
+    from mlflow.tracking import MlflowClient
+
+    from flts.forecasters import ensemble as ensemble_format
+    from flts.infer.model import input_spec
+    from flts.infer.settings import ServingSettings
+
+    claim = preprocess_dataset(env)
+    gru = log_run(env, claim, "GRU", 1.0, validation=validation_with_error(+5.0, 0.5))
+    lstm = log_run(env, claim, "LSTM", 0.7, validation=validation_with_error(-5.0, 0.6))
+    last = log_run(env, claim, "PROPHET", validation={"score": 0.9, "windows": 50, "intervals": None})
+    [selected] = handle(last, env)
+    assert selected.data["model_type"] == "ENSEMBLE" and selected.data["artifact_format"] == "ensemble-json"
+    [line] = log_lines(capsys.readouterr().err, "promotion_ensemble")
+    assert line["members"] == ["GRU", "LSTM"]
+    # Its intervals come from its own validation residuals (zero here), for each level.
+    assert selected.data["intervals"]["half_widths"] == [[0.0] * OUT_LEN, [0.0] * OUT_LEN]
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    run = client.get_run(selected.data["run_id"])
+    assert run.data.tags["members"] == f"{gru.data['run_id']},{lstm.data['run_id']}"
+    assert run.data.metrics["val_score"] < 0.5 and run.data.metrics["val_windows"] == 50
+
+    pointer = events.PromotionPointer.model_validate(selected.data)
+    raw = FileStore(env["FLTS_OBJECT_DIR"]).get_bytes(pointer.artifact_bucket, pointer.artifact_key)
+    fmt = forecasters.artifact_format(pointer.artifact_format)
+    predictor = fmt.load_for_serving(raw, input_spec(pointer, {}, fmt), ServingSettings.from_env({}))
+    x = np.random.default_rng(0).uniform(900, 1100, (4, IN_LEN, len(pointer.feature_columns))).astype(np.float32)
+    target = pointer.feature_columns.index("down")
+    np.testing.assert_allclose(predictor.predict(x, np.zeros(4), np.full(4, 120.0)),
+                               np.repeat(0.85 * x[:, -1, target:target + 1], OUT_LEN, axis=1), rtol=1e-6)
+    assert ensemble_format.members_of(raw, "x")[0].run_id == gru.data["run_id"]
+
+    # A redelivered event finds the same ensemble run again.
+    [again] = handle(last, env)
+    assert again.data["run_id"] == selected.data["run_id"] and len(history(env)) == 1
+
+
+def test_no_ensemble_when_the_mean_is_not_better(env, capsys):
+    claim = preprocess_dataset(env)
+    log_run(env, claim, "GRU", 1.0, validation=validation_with_error(+5.0, 0.5))
+    log_run(env, claim, "LSTM", 0.7, validation=validation_with_error(+50.0, 0.6))
+    [selected] = handle(log_run(env, claim, "PROPHET", validation={"score": 0.9, "windows": 50,
+                                                                    "intervals": None}), env)
+    assert selected.data["model_type"] == "GRU"
+    assert log_lines(capsys.readouterr().err, "promotion_ensemble_not_better")
 
 
 def test_the_promoted_run_gets_its_forecast_plot(env):

@@ -61,7 +61,7 @@ def test_unknown_model_type_names_the_variable_and_the_families():
 
 
 def test_unknown_artifact_format_names_the_known_ones():
-    with pytest.raises(ArtifactError, match=r"unknown artifact format 'pickle' \(known: \['mstl-json', 'onnx', 'prophet-json'\]\)"):
+    with pytest.raises(ArtifactError, match=r"unknown artifact format 'pickle' \(known: \['ensemble-json', 'mstl-json', 'onnx', 'prophet-json'\]\)"):
         forecasters.artifact_format("pickle")
 
 

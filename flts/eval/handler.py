@@ -23,12 +23,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pandas as pd
 
-from flts import events
-from flts.eval import scoring
+from flts import events, forecasters
+from flts.eval import ensemble, scoring
 from flts.eval.settings import EvalSettings
 from flts.events import EventError, ModelTraining, PromotionPointer
+from flts.forecasters import ensemble as ensemble_format
 from flts.logs import error, log, warn
 from flts.metrics import WEIGHTS, TargetScale, regression_metrics
 from flts.plots import PLOT_FILE, save_forecast_plot
@@ -270,6 +272,12 @@ def promote(client, store: ObjectStore, request: ModelTraining, candidates: list
         log("promotion_scoreboard", identifier=request.identifier, config_hash=request.config_hash,
             rows=len(scored), lookback_rows=frame.lookback, first_scored_test_row=frame.first_scored_test_row,
             scoreboard=scoreboard_rows(scored))
+        mean = ensemble_candidate(client, scored, split, request, settings, Path(tmp))
+        if mean is not None:
+            scored.append(mean)
+            log("promotion_ensemble", identifier=request.identifier, config_hash=request.config_hash,
+                run_id=mean.candidate.run_id, members=mean.artifact.signature["members"],
+                val_score=mean.candidate.reported["val_score"], score=mean.metrics["score"])
         winner = pick_winner(scored)
         artifact_key = copy_artifact(store, settings.promotion_bucket, request, winner.artifact)
         log_forecast_plot(client, winner, frame, request.identifier, Path(tmp))
@@ -288,6 +296,63 @@ def promote(client, store: ObjectStore, request: ModelTraining, candidates: list
     if settings.register_champion:
         set_champion(client, request.identifier, pointer)
     return pointer
+
+
+def ensemble_candidate(client, scored: list[Scored], split: scoring.Split, request: ModelTraining,
+                       settings: EvalSettings, workdir: Path) -> Scored | None:
+    """The mean of the best candidates as one more candidate (flts.eval.ensemble), or None when no
+    mean beats the best single one on validation (or the candidates were not chosen on validation)."""
+    if settings.ensemble_max_members < 2 or len(scored) < 2 or selection_metric(scored) != "val_score":
+        return None
+    target = scored[0].artifact.signature["target"]
+    scale = TargetScale.fit(split.train[target].to_numpy())
+    validations = [ensemble.read_validation(client, s.candidate.run_id, s.candidate.model_type,
+                                            workdir / "validation" / s.candidate.run_id) for s in scored]
+    choice = ensemble.best_mean(validations, scale, settings.ensemble_max_members)
+    if choice is None:
+        log("promotion_ensemble_not_better", identifier=request.identifier, config_hash=request.config_hash)
+        return None
+    members = [scored[i] for i in choice.members]
+    signatures = [m.artifact.signature for m in members]
+    signature = ensemble.signature(signatures, ensemble.intervals_of(choice, signatures), request.config_hash)
+    model = ensemble_format.to_json([ensemble_format.Member(m.candidate.model_type, m.candidate.run_id,
+                                                            m.artifact.signature, m.artifact.model_path.read_bytes())
+                                     for m in members])
+    forecast, truth = np.mean([m.forecast for m in members], axis=0), members[0].truth
+    metrics = {**regression_metrics(truth, forecast, scale), "windows": len(truth)}
+    artifact = write_ensemble(workdir / ensemble.MODEL_TYPE, signature, model)
+    candidate = ensemble_run(client, members, request, {**ensemble.val_metrics(choice), **metrics}, artifact)
+    artifact.run_id = candidate.run_id
+    return Scored(candidate, artifact, metrics, forecast, truth)
+
+
+def write_ensemble(folder: Path, signature: dict, model: bytes) -> scoring.ServingArtifact:
+    folder.mkdir(parents=True)
+    model_path, signature_path = folder / forecasters.ENSEMBLE_JSON.model_file, folder / scoring.SIGNATURE
+    model_path.write_bytes(model)
+    signature_path.write_bytes(orjson.dumps(signature, option=orjson.OPT_INDENT_2))
+    return scoring.ServingArtifact("", ensemble.MODEL_TYPE, signature, signature_path, model_path)
+
+
+def ensemble_run(client, members: list[Scored], request: ModelTraining, metrics: dict,
+                 artifact: scoring.ServingArtifact) -> Candidate:
+    """The MLflow run of an ensemble: found again for the same members (a redelivered event), else created."""
+    experiment = client.get_experiment_by_name(members[0].candidate.experiment)
+    ids = ",".join(m.candidate.run_id for m in members)
+    found = client.search_runs([experiment.experiment_id], max_results=1, filter_string=(
+        f"tags.config_hash = '{request.config_hash}' and tags.model_type = '{ensemble.MODEL_TYPE}' "
+        f"and tags.members = '{ids}' and attributes.status = 'FINISHED'"))
+    if found:
+        run = found[0]
+    else:
+        run = client.create_run(experiment.experiment_id, run_name=f"{ensemble.MODEL_TYPE}-{request.config_hash[:8]}",
+                                tags={"model_type": ensemble.MODEL_TYPE, "config_hash": request.config_hash,
+                                      "identifier": request.identifier, "function": FUNCTION, "members": ids})
+        for name, value in metrics.items():
+            client.log_metric(run.info.run_id, name, float(value))
+        client.log_artifacts(run.info.run_id, str(artifact.model_path.parent), ensemble.MODEL_TYPE)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    return Candidate(run.info.run_id, ensemble.MODEL_TYPE, run.info.start_time or 0, experiment.name, metrics)
 
 
 def log_forecast_plot(client, winner: Scored, frame: scoring.ScoringFrame, identifier: str, workdir: Path) -> None:

@@ -15,6 +15,9 @@ class EvalSettings(Tracking, ProcessedBucket, PromotionBucket):
                                "MLflow searches for the other types' runs before giving up for this event", ge=1)
     search_delay: float = knob("PROMOTION_SEARCH_DELAY_SEC", 1.0, "seconds between those searches", ge=0)
     lookback_runs: int = knob("LOOKBACK_RUNS", 200, "newest MLflow runs of a config hash searched", ge=1)
+    ensemble_max_members: int = knob("ENSEMBLE_MAX_MEMBERS", 3, "most candidates an ensemble (their mean, "
+                                     "a candidate when it beats the best one on validation) averages; below 2 = none",
+                                     ge=0)
     register_champion: Flag = knob("REGISTER_CHAMPION", True,
                                    "register the winner in the MLflow model registry with the alias champion")
 

@@ -79,7 +79,10 @@ PROPHET_JSON = ArtifactFormat("prophet-json", "model.json", "flts.forecasters.pr
                               takes_features=False)
 # Seasonal profiles + ETS weights, evaluated with numpy (flts.forecasters.mstl): reads the target only.
 MSTL_JSON = ArtifactFormat("mstl-json", "model.json", "flts.forecasters.mstl", platform="numpy", takes_features=True)
-FORMATS: tuple[ArtifactFormat, ...] = (ONNX, PROPHET_JSON, MSTL_JSON)
+# The mean of several families' models, built by eval (flts.eval.ensemble), members embedded.
+ENSEMBLE_JSON = ArtifactFormat("ensemble-json", "model.json", "flts.forecasters.ensemble", platform="ensemble",
+                               takes_features=True)
+FORMATS: tuple[ArtifactFormat, ...] = (ONNX, PROPHET_JSON, MSTL_JSON, ENSEMBLE_JSON)
 
 RNN_SETTINGS = ("val_fraction", "seed", "hidden_size", "num_layers", "dropout", "epochs", "batch_size",
                 "learning_rate", "weight_decay", "loss", "patience", "torch_threads", "onnx_opset", "parity_tolerance")

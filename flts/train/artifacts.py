@@ -2,6 +2,7 @@
 
     <MODEL_TYPE>/<model file>               the serving model (the family's format: model.onnx, model.json)
     <MODEL_TYPE>/signature.json             what goes in and out
+    <MODEL_TYPE>/validation.npz             the validation windows' forecasts and truths (eval's ensembles)
     scaler/scaler.pkl, scaler/scaler.json   feature scaling (pickle for compatibility only)
     plots/loss_curve.png                    GRU/LSTM
 """
@@ -16,6 +17,8 @@ import orjson
 from flts.forecasters import SIGNATURE
 from flts.forecasters.onnx import INPUT_NAME, OUTPUT_NAME
 from flts.metrics import TargetScale
+
+VALIDATION = "validation.npz"
 
 
 def write_json(path: Path, value) -> None:
@@ -45,6 +48,11 @@ def write_serving_model(folder: Path, model_file: str, model_bytes: bytes, signa
     folder.mkdir(parents=True)
     (folder / model_file).write_bytes(model_bytes)
     write_json(folder / SIGNATURE, signature)
+
+
+def write_validation(folder: Path, forecast: np.ndarray, truth: np.ndarray) -> None:
+    """<MODEL_TYPE>/validation.npz: the validation windows' forecasts and truths (read with allow_pickle=False)."""
+    np.savez_compressed(folder / VALIDATION, forecast=np.asarray(forecast, np.float32), truth=np.asarray(truth, np.float32))
 
 
 def fit_scaler(features: np.ndarray, columns: list[str]):

@@ -157,6 +157,8 @@ def fit_and_write(job: Job, split: data.TrainData, folder: Path) -> tuple[dict, 
         val_metrics, signature["intervals"] = _validation(job.settings, fitted.validation, target_scale)
         metrics.update(val_metrics)
     artifacts.write_serving_model(folder / family.name, family.model_file, fitted.model_bytes, signature)
+    if fitted.validation is not None:  # eval averages candidates' validation forecasts to try an ensemble
+        artifacts.write_validation(folder / family.name, *fitted.validation)
     artifacts.write_scaler(folder / "scaler", fitted.scaler, split.feature_columns, job.target, target_scale)
     return metrics, fitted.series
 
