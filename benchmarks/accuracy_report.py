@@ -16,6 +16,7 @@ from flts.metrics import TargetScale, regression_metrics
 from flts.plots import draw_forecast
 
 BETTER_BY = 0.05  # "clearly better": at least 5 % below the best peer's NRMSE
+COVERAGE_TOLERANCE = 0.03  # interval coverage on the test windows: nominal ± 3 points
 PLOT_DAYS = 3
 
 
@@ -154,6 +155,12 @@ def check_targets(cases: list[Case]) -> list[tuple[bool, str]]:
                                    f"{peer.metrics['nrmse']:.4f}: ratio {ratio:.3f} (no worse: <= 1)"))
     checks.append((2 * better >= len(cases), f"promoted at least {BETTER_BY:.0%} better than the best peer on "
                                              f"{better} of {len(cases)} dataset-horizons (at least half)"))
+    for case in cases:
+        metrics = case.promoted.metrics
+        for level, cover in zip(metrics.get("interval_levels", []), metrics.get("interval_coverage", []), strict=True):
+            checks.append((abs(cover - level) <= COVERAGE_TOLERANCE,
+                           f"{case.dataset} h={case.horizon}: {level:.0%} interval covers {cover:.1%} of the test "
+                           f"targets (within {COVERAGE_TOLERANCE * 100:g} points of nominal)"))
     for case in cases:
         if case.paper:
             ours, published = case.paper["nrmse"].get("promoted"), case.paper["published"]["lstm_fednova"]
