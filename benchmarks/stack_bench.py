@@ -35,7 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from flts import events, routing  # noqa: E402
-from flts.dev import infra, stack  # noqa: E402
+from flts.auth import EVENT_TOKEN_VAR, bearer_header  # noqa: E402
+from flts.dev import infra, processes, stack  # noqa: E402
 from flts.dispatcher.codec import event_from_kafka  # noqa: E402
 from flts.dispatcher.producer import EventProducer  # noqa: E402
 from flts.spec import functions_framework_command  # noqa: E402
@@ -84,8 +85,7 @@ def bring_up(cfg: stack.StackConfig) -> tuple[float, float]:
 
 
 def startup_figures(cfg: stack.StackConfig) -> None:
-    running = [p.name for p in stack.plan(cfg) if p.missing is None]
-    print(f"processes: {', '.join(running)}")
+    print(f"processes: {', '.join(p.name for p in stack.plan(cfg))}")
     cold = bring_up(cfg)
     again = timed(stack.up, cfg, echo=quiet)
     down_all = timed(stack.down, cfg)
@@ -170,41 +170,40 @@ def dispatcher_figures(cfg: stack.StackConfig, workdir: Path, n_events: int, sam
     print(f"\n{'dispatcher (no-op function)':<30}{'events/s':>9}{'e2e p50':>10}{'e2e p95':>10}"
           f"{'direct p50':>12}{'added p50':>11}")
     try:
-        stack.start_process(cfg, dispatcher)
-        for mode, extra in (("reply", {}), ("K_SINK", {"K_SINK": cfg.ingress_url})):
-            function = stack.Process("bench-noop", "function", port,
-                                     functions_framework_command(str(source), "noop", cfg.host, port), {**client_env, **extra},
-                                     url + "healthz", url)
-            stack.start_process(cfg, function)
-            stack.wait_healthy(cfg, [function, dispatcher], timeout=120)
-            # warm-up, then a burst for throughput
-            warm = [f"{mode}/warm/{i}" for i in range(20)]
-            for key in warm:
-                producer.send_event("dataset-ready", dataset_ready(key))
-            watcher.wait_for(warm, 60)
-            burst = [f"{mode}/burst/{i}" for i in range(n_events)]
-            t0 = time.perf_counter()
-            for key in burst:
-                producer.send_event("dataset-ready", dataset_ready(key), wait=False)
-            producer.flush()
-            watcher.wait_for(burst, 60 + n_events * 0.5)
-            rate = n_events / (max(watcher.seen[k] for k in burst) - t0)
-            # one at a time: end-to-end latency, and the same event POSTed straight to the function
-            e2e, direct = [], []
-            for i in range(samples):
-                key = f"{mode}/seq/{i}"
-                t = time.perf_counter()
-                producer.send_event("dataset-ready", dataset_ready(key))
-                watcher.wait_for([key], 30)
-                e2e.append(watcher.seen[key] - t)
-                headers, body = to_binary(dataset_ready(f"{mode}/direct/{i}"))
-                t = time.perf_counter()
-                http.post(url, headers=headers, content=body).raise_for_status()
-                direct.append(time.perf_counter() - t)
-            ms = 1000.0
-            print(f"{mode:<30}{rate:>9.0f}{pct(e2e, .5) * ms:>8.1f}ms{pct(e2e, .95) * ms:>8.1f}ms"
-                  f"{statistics.median(direct) * ms:>10.1f}ms{(pct(e2e, .5) - statistics.median(direct)) * ms:>9.1f}ms")
-            stack.stop_process(cfg, function.name)
+        with bench_process(cfg, dispatcher):
+            for mode, extra in (("reply", {}), ("K_SINK", {"K_SINK": cfg.ingress_url})):
+                function = stack.Process("bench-noop", "function", port,
+                                         functions_framework_command(str(source), "noop", cfg.host, port),
+                                         {**client_env, **extra}, url + "healthz", url)
+                with bench_process(cfg, function):
+                    # warm-up, then a burst for throughput
+                    warm = [f"{mode}/warm/{i}" for i in range(20)]
+                    for key in warm:
+                        producer.send_event("dataset-ready", dataset_ready(key))
+                    watcher.wait_for(warm, 60)
+                    burst = [f"{mode}/burst/{i}" for i in range(n_events)]
+                    t0 = time.perf_counter()
+                    for key in burst:
+                        producer.send_event("dataset-ready", dataset_ready(key), wait=False)
+                    producer.flush()
+                    watcher.wait_for(burst, 60 + n_events * 0.5)
+                    rate = n_events / (max(watcher.seen[k] for k in burst) - t0)
+                    # one at a time: end-to-end latency, and the same event POSTed straight to the function
+                    e2e, direct = [], []
+                    for i in range(samples):
+                        key = f"{mode}/seq/{i}"
+                        t = time.perf_counter()
+                        producer.send_event("dataset-ready", dataset_ready(key))
+                        watcher.wait_for([key], 30)
+                        e2e.append(watcher.seen[key] - t)
+                        headers, body = to_binary(dataset_ready(f"{mode}/direct/{i}"))
+                        headers.update(bearer_header(client_env.get(EVENT_TOKEN_VAR)))
+                        t = time.perf_counter()
+                        http.post(url, headers=headers, content=body).raise_for_status()
+                        direct.append(time.perf_counter() - t)
+                    ms = 1000.0
+                    print(f"{mode:<30}{rate:>9.0f}{pct(e2e, .5) * ms:>8.1f}ms{pct(e2e, .95) * ms:>8.1f}ms"
+                          f"{statistics.median(direct) * ms:>10.1f}ms{(pct(e2e, .5) - statistics.median(direct)) * ms:>9.1f}ms")
         print("(added = e2e - direct. In K_SINK mode the direct POST itself already writes the output through\n"
               " the ingress to Kafka, so there `added` is only the input's trip through Kafka and the dispatcher.)")
     finally:
@@ -212,8 +211,12 @@ def dispatcher_figures(cfg: stack.StackConfig, workdir: Path, n_events: int, sam
         watcher.join(5)
         http.close()
         producer.close()
-        for name in ("bench-noop", "bench-dispatcher"):
-            stack.stop_process(cfg, name)
+
+
+def bench_process(cfg: stack.StackConfig, proc: stack.Process):
+    """One of the benchmark's own processes, outside the stack's supervisor, stopped when the block ends."""
+    return processes.running(proc.command, ready_url=proc.health_url, env=proc.env, log_path=cfg.infra.log_file(proc.name),
+                             timeout=120, what=proc.name)
 
 
 def main() -> int:

@@ -5,6 +5,8 @@ Out: 200 with the output event as a binary-mode reply (Knative Broker reply) whe
 is one; `application/cloudevents-batch+json` when there are several; 202 and no body
 when there are none. With K_SINK set (Knative SinkBinding), outputs are POSTed there
 instead and the reply is 202.
+With EVENT_TOKEN set, `POST /` needs `Authorization: Bearer <token>` (401 otherwise, naming
+the problem; the health routes stay open), and outputs POSTed to K_SINK carry it too.
 Status codes tell the caller whether to retry: 400 = this event is bad (dead-letter it),
 413 = the body is over MAX_EVENT_BYTES, 422 = the object the claim points to is missing,
 5xx = something failed that may pass later (502: the output could not reach K_SINK).
@@ -19,6 +21,7 @@ import orjson
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import from_http
 
+from flts.auth import bearer_header, event_token, refusal
 from flts.events import MAX_EVENT_BYTES, EventError
 from flts.logs import log
 from flts.outcomes import SinkError, TooLarge, error_text, log_failure, status_of_exception
@@ -26,6 +29,7 @@ from flts.spec import Handler
 
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 HEALTH_PATHS = ("/healthz", "/readyz")
+UNAUTHORIZED = 401  # a 4xx: the dispatcher dead-letters it (a wrong token will not be right next time)
 
 
 def _json(code: int, **body):
@@ -37,6 +41,11 @@ def serve_events(request, handler: Handler, env=None):
     env = os.environ if env is None else env
     if request.method == "GET" and request.path in HEALTH_PATHS:  # liveness/readiness probes
         return _json(200, status="ok")
+    token = event_token(env)
+    denied = refusal(request.headers.get("Authorization"), token)
+    if denied:  # before the body is read: an unknown sender costs nothing
+        body, status, headers = _json(UNAUTHORIZED, error=denied)
+        return body, status, {**headers, "WWW-Authenticate": "Bearer"}
     try:
         event = _read_event(request)
     except (TooLarge, EventError) as exc:
@@ -46,7 +55,7 @@ def serve_events(request, handler: Handler, env=None):
     try:
         for out in handler(event, env) or []:  # a generator handler emits as it goes
             if sink:  # e.g. a trainer's RUNNING leaves now, not when training ends
-                _to_sink(sink, out)
+                _to_sink(sink, out, token)
             emitted.append(out)
     except Exception as exc:  # noqa: BLE001 - flts.outcomes gives each failure the status that tells the caller
         log_failure(event, exc)
@@ -69,9 +78,9 @@ def _read_event(request):
         raise EventError(f"not a valid CloudEvent: {exc}") from None
 
 
-def _to_sink(sink: str, event) -> None:
+def _to_sink(sink: str, event, token: str) -> None:
     try:
-        post_event(sink, event)
+        post_event(sink, event, token=token)
     except Exception as exc:  # noqa: BLE001 - any failure means the output is not delivered
         raise SinkError(f"cannot deliver the output to K_SINK: {type(exc).__name__}: {exc}") from exc
 
@@ -87,9 +96,10 @@ def reply(emitted: list):
     return orjson.dumps(batch), 200, {"Content-Type": BATCH_CONTENT_TYPE}
 
 
-def post_event(url: str, event, timeout: float = 10.0) -> None:
+def post_event(url: str, event, timeout: float = 10.0, token: str | None = None) -> None:
+    """POST one event in binary mode, with the bearer token when there is one."""
     headers, data = to_binary(event)
-    request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+    request = urllib.request.Request(url, data=data, headers={**headers, **bearer_header(token)}, method="POST")
     with urllib.request.urlopen(request, timeout=timeout) as response:
         if response.status >= 300:
             raise RuntimeError(f"sink {url} answered {response.status}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,7 +71,10 @@ def validate_key(key: str) -> str:
 
 class ObjectStore(Protocol):
     def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
+    def put_file(self, bucket: str, key: str, path: str | os.PathLike,
+                 content_type: str = "application/octet-stream") -> None: ...
     def get_bytes(self, bucket: str, key: str) -> bytes: ...
+    def size(self, bucket: str, key: str) -> int: ...
     def exists(self, bucket: str, key: str) -> bool: ...
     def list_keys(self, bucket: str, prefix: str = "") -> Iterator[str]: ...
     def ensure_bucket(self, bucket: str) -> None: ...
@@ -101,12 +105,19 @@ class FileStore:
         (self.root / validate_bucket(bucket)).mkdir(parents=True, exist_ok=True)
 
     def put_bytes(self, bucket, key, data, content_type="application/octet-stream"):
+        self._write(bucket, key, lambda fh: fh.write(data))
+
+    def put_file(self, bucket, key, path, content_type="application/octet-stream"):
+        with open(path, "rb") as source:  # copied in chunks, never whole in memory
+            self._write(bucket, key, lambda fh: shutil.copyfileobj(source, fh))
+
+    def _write(self, bucket, key, write) -> None:
         path = self._path(bucket, key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+                write(fh)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)  # a failed write leaves no partial object behind
@@ -118,6 +129,12 @@ class FileStore:
             return path.read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectNotFound(bucket, key) from None
+
+    def size(self, bucket, key):
+        path = self._path(bucket, key)
+        if not path.is_file():
+            raise ObjectNotFound(bucket, key)
+        return path.stat().st_size
 
     def exists(self, bucket, key):
         return self._path(bucket, key).is_file()
@@ -134,6 +151,10 @@ class FileStore:
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.root)!r})"
+
+
+# S3 error codes of a missing object or bucket (HEAD answers carry no body: "NotFound").
+_MISSING = ("NoSuchKey", "NoSuchBucket", "NoSuchObject", "NotFound")
 
 
 class S3Store:
@@ -153,6 +174,22 @@ class S3Store:
     def put_bytes(self, bucket, key, data, content_type="application/octet-stream"):
         validate_bucket(bucket), validate_key(key)
         self.client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+
+    def put_file(self, bucket, key, path, content_type="application/octet-stream"):
+        validate_bucket(bucket), validate_key(key)
+        self.client.fput_object(bucket, key, str(path), content_type=content_type)  # streamed, multipart when large
+
+    def size(self, bucket, key):
+        """The object's size from a HEAD request: nothing is downloaded."""
+        from minio.error import S3Error
+
+        validate_bucket(bucket), validate_key(key)
+        try:
+            return self.client.stat_object(bucket, key).size
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                raise ObjectNotFound(bucket, key) from None
+            raise StorageError(f"cannot stat {bucket}/{key}: {exc.code} {exc.message}") from exc
 
     def get_bytes(self, bucket, key):
         from minio.error import S3Error
@@ -178,7 +215,7 @@ class S3Store:
             self.client.stat_object(bucket, key)
             return True
         except S3Error as exc:
-            if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject", "NotFound"):
+            if exc.code in _MISSING:
                 return False
             raise
 

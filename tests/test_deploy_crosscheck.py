@@ -76,7 +76,7 @@ def dispatched_topics(dispatcher) -> set[tuple[str, str]]:
     from flts.dispatcher import parse_targets, routes_from_table
 
     deployment = next(o for o in dispatcher if o["kind"] == "Deployment")
-    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
     routes = routes_from_table(parse_targets(env["DISPATCH_TARGETS"]))
     return {(s.deployment, topic) for s in routes.subscriptions for topic in s.topics}
 

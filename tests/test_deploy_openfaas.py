@@ -82,7 +82,8 @@ def test_every_deployment_is_a_function_with_scaling_labels_limits_and_secrets(s
         assert fn["lang"] == deploy.TEMPLATE and fn["handler"] == f"./functions/{d.function}"
         assert int(fn["labels"]["com.openfaas.scale.min"]) <= int(fn["labels"]["com.openfaas.scale.max"])
         assert set(fn["limits"]) == {"cpu", "memory"}
-        assert fn["secrets"] == [deploy.secret_file_name(k) for k in d.spec.secrets]
+        # CE: the dispatcher sends EVENT_TOKEN, so every function requires it (secret event-token)
+        assert fn["secrets"] == [deploy.secret_file_name(k) for k in (*d.spec.secrets, "EVENT_TOKEN")]
         for key, value in d.env.items():
             assert fn["environment"][key] == value
         # of-watchdog must wait as long as the function may run
@@ -155,7 +156,8 @@ def test_render_check_follows_the_edition(capsys):
 def test_dispatcher_targets_every_deployment_through_the_gateway(stack):
     objects = deploy.load_yaml_objects([REPO / "deploy/openfaas/dispatcher.yaml"])
     deployment = next(o for o in objects if o["kind"] == "Deployment")
-    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+           if "value" in e}
     from flts.dispatcher import DispatchSettings, parse_targets, routes_from_table
 
     targets = parse_targets(env["DISPATCH_TARGETS"])
@@ -171,6 +173,20 @@ def test_dispatcher_targets_every_deployment_through_the_gateway(stack):
     for name, fn in stack["functions"].items():
         emits = routing.deployment(name).spec.emits
         assert (fn["environment"].get("K_SINK") == deploy.DISPATCHER_URL) == bool(emits)
+
+
+def test_event_token_reaches_the_dispatcher_from_an_optional_secret_and_ce_functions_as_a_secret(stack, tmp_path):
+    """CE: functions require and send EVENT_TOKEN; the dispatcher sends and requires the same value.
+    Pro: the Kafka connector cannot send a token, so no function requires one."""
+    objects = deploy.load_yaml_objects([REPO / "deploy/openfaas/dispatcher.yaml"])
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    [token] = [e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "EVENT_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "flts-event-token", "key": "EVENT_TOKEN", "optional": True}
+    assert all("event-token" in fn["secrets"] for fn in stack["functions"].values())
+    assert all("event-token" not in fn["secrets"] for fn in pro_stack()["functions"].values())
+    (tmp_path / "event-token").write_text("s3cret\n")  # what `faas-cli secret create event-token` mounts
+    env: dict[str, str] = {}
+    assert load_index().secrets_to_env(tmp_path, env) == ["EVENT_TOKEN"] and env["EVENT_TOKEN"] == "s3cret"
 
 
 # --------------------------------------------------------------------------- the template

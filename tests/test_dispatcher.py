@@ -35,7 +35,7 @@ pytestmark = pytest.mark.stack
 
 FUNCTION_SOURCE = '''
 """Test function: answers `test.ping` with `test.pong` {"in": <id>}; data steers it:
-{"status": 503, "retry_after": 1} answers that status; {"slow_first": s} sleeps the first time;
+{"status": 503, "retry_after": 1} answers that status (unless the file "unless_file" exists); {"slow_first": s} sleeps the first time;
 {"reply_type": t} answers with an event of type t."""
 import json
 import os
@@ -71,7 +71,7 @@ def fn(request):
     event = from_http(dict(request.headers), request.get_data())
     data = event.data or {}
     append("deliveries.log", json.dumps({"id": event["id"], "t": time.time()}))
-    if "status" in data:
+    if "status" in data and not os.path.exists(data.get("unless_file", "/nonexistent")):
         headers = {"Retry-After": str(data["retry_after"])} if "retry_after" in data else {}
         return json.dumps({"error": "asked to fail"}), data["status"], headers
     if first_time(event["id"]):
@@ -347,3 +347,83 @@ def test_ingress_writes_events_to_the_topic_of_their_type(infra, tmp_path):
         assert httpx.get(url + "healthz", trust_env=False).status_code == 200
     finally:
         bus.close()
+
+
+def test_consumer_loop_survives_an_error_and_a_failed_seek(bus, function, monkeypatch):
+    """Whatever escapes a poll or settle restarts the Kafka consumer; a rewind on a revoked partition is harmless."""
+    from flts.dispatcher.consumer import ConsumerLoop
+
+    original, calls = ConsumerLoop.process, []
+
+    def flaky(self, consumer, client, tp, record):
+        calls.append(record.offset)
+        if len(calls) == 1:
+            raise RuntimeError("injected: the consumer broke")
+        return original(self, consumer, client, tp, record)
+
+    monkeypatch.setattr(ConsumerLoop, "process", flaky)
+    monkeypatch.setattr("flts.dispatcher.consumer.RESTART_PAUSE_SEC", 0.1)
+    dispatcher = bus.dispatcher()
+    event = ping()
+    bus.send(event)
+    assert bus.replies(1) == [{"in": event["id"]}]
+    loop = dispatcher.loops[0]
+    assert loop.is_alive() and loop.stats.restarts == 1 and "injected" in loop.stats.last_error
+    assert calls == [0, 0]  # the record came again from the last commit
+
+    class Revoked:
+        def seek(self, tp, offset):
+            raise AssertionError("Unassigned partition")
+
+    from kafka import TopicPartition
+
+    loop._rewind(Revoked(), TopicPartition(bus.inbox, 0), 0)  # logged, not raised: the thread would die otherwise
+
+
+def test_replay_puts_dead_letters_back_once(bus, function, tmp_path):
+    from flts.dispatcher import deadletters
+
+    fixed = tmp_path / "fixed"
+    bus.dispatcher(max_retries=0)
+    event = ping(status=400, unless_file=str(fixed))
+    bus.send(event)
+    [letter] = bus.dead_letters(1)
+    assert letter["event"]["id"] == event["id"]
+    assert deadletters.count(bus.bootstrap, [bus.dlq])[bus.dlq] == deadletters.Count(pending=1, total=1)
+
+    fixed.touch()  # the cause is fixed
+    [replayed] = deadletters.replay(bus.bootstrap, bus.dlq)
+    assert (replayed.event_id, replayed.topic) == (event["id"], bus.inbox) and "HTTP 400" in replayed.error
+    assert bus.replies(1) == [{"in": event["id"]}]
+    assert deadletters.replay(bus.bootstrap, bus.dlq) == []  # replaying twice re-publishes nothing
+    assert deadletters.count(bus.bootstrap, [bus.dlq])[bus.dlq] == deadletters.Count(pending=0, total=1)
+    assert len(bus.read(bus.inbox, 3, timeout=3)) == 2  # the original and one replay
+
+
+def test_a_repeated_outcome_is_written_once_even_after_a_restart(bus, function):
+    """The same input twice (a redelivery) → the function answers the same → one reply on Kafka;
+    a restarted dispatcher reads the written keys back from the topic."""
+    event = ping()
+    first = bus.dispatcher()
+    bus.send(event)
+    assert bus.replies(1) == [{"in": event["id"]}]
+    bus.send(event)  # delivered again, answered again, not written again
+    wait_for(lambda: bus.committed() == 2, what="the repeat settled")
+    first.stop()
+    bus.dispatcher()  # a new process would start the same way: keys read back from Kafka
+    bus.send(event)
+    wait_for(lambda: bus.committed() == 3, what="the repeat after the restart settled")
+    assert len(function.deliveries(event["id"])) == 3
+    assert len(bus.read(bus.outbox, 2, timeout=3)) == 1
+    record = bus.read(bus.outbox, 1)[0]
+    assert dict(record.headers)["flts_root"] == event["id"].encode()
+
+
+def test_ingress_refuses_an_output_of_no_delivery_in_flight(bus, function):
+    dispatcher = bus.dispatcher()
+    pong = CloudEvent({"type": "test.pong", "source": "/t", "datacontenttype": "application/json"}, {"n": 1})
+    headers, body = to_binary(pong)
+    answer = httpx.post(dispatcher.ingress_url + f"from/{bus.deployment}", headers=headers, content=body,
+                        trust_env=False)
+    assert answer.status_code == 409 and "no delivery to" in answer.json()["error"]
+    assert httpx.post(dispatcher.ingress_url + "elsewhere", content=b"{}", trust_env=False).status_code == 404

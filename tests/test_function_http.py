@@ -38,7 +38,7 @@ def client(repo):
 @pytest.fixture
 def store(tmp_path, monkeypatch) -> FileStore:
     """The function reads os.environ: point it at a private object dir and clear knobs that would interfere."""
-    for name in ("K_SINK", "S3_ENDPOINT", "EMIT_INFERENCE_DATA", "FORCE_REPROCESS", "MAX_UPLOAD_BYTES"):
+    for name in ("K_SINK", "S3_ENDPOINT", "EMIT_INFERENCE_DATA", "FORCE_REPROCESS", "MAX_UPLOAD_BYTES", "EVENT_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("FLTS_OBJECT_DIR", str(tmp_path / "objects"))
     store = FileStore(tmp_path / "objects")
@@ -182,6 +182,53 @@ def test_an_unreachable_sink_is_502(client, store, monkeypatch):
     response = post_binary(client, READY)
     assert response.status_code == 502
     assert "cannot deliver the output to K_SINK" in orjson.loads(response.data)["error"]
+
+
+# ---------------------------------------------------------------- EVENT_TOKEN (flts.auth)
+
+@pytest.mark.parametrize(("authorization", "message"), [
+    (None, "needs 'Authorization: Bearer <token>'"),
+    ("Basic c2VjcmV0", "needs 'Authorization: Bearer <token>'"),
+    ("Bearer wrong", "the bearer token is not valid"),
+])
+def test_with_a_token_an_event_without_it_is_401_naming_the_problem(client, store, monkeypatch,
+                                                                    authorization, message):
+    monkeypatch.setenv("EVENT_TOKEN", "s3cret")
+    headers = CE_HEADERS | ({"Authorization": authorization} if authorization else {})
+    response = client.post("/", data=orjson.dumps(READY), headers=headers)
+    assert response.status_code == 401
+    assert message in orjson.loads(response.data)["error"]
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert list(store.list_keys("processed-data")) == []  # nothing was done
+
+
+def test_with_a_token_an_event_that_carries_it_is_handled(client, store, monkeypatch):
+    monkeypatch.setenv("EVENT_TOKEN", "s3cret")
+    response = client.post("/", data=orjson.dumps(READY), headers=CE_HEADERS | {"Authorization": "Bearer s3cret"})
+    assert_training_data_reply(response, store)
+
+
+def test_with_a_token_the_health_routes_stay_open(client, store, monkeypatch):
+    monkeypatch.setenv("EVENT_TOKEN", "s3cret")
+    assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+
+
+def test_outputs_to_k_sink_carry_the_token(client, store, sink, monkeypatch):
+    url, received = sink
+    monkeypatch.setenv("K_SINK", url)
+    monkeypatch.setenv("EVENT_TOKEN", "s3cret")
+    response = client.post("/", data=orjson.dumps(READY), headers=CE_HEADERS | {"Authorization": "Bearer s3cret"})
+    assert response.status_code == 202
+    [(headers, _)] = received
+    assert headers["Authorization"] == "Bearer s3cret"
+
+
+def test_without_a_token_nothing_is_asked_or_sent(client, store, sink, monkeypatch):
+    url, received = sink
+    monkeypatch.setenv("K_SINK", url)
+    assert post_binary(client, READY).status_code == 202
+    [(headers, _)] = received
+    assert "Authorization" not in headers
 
 
 # ---------------------------------------------------------------- serve_events with other handlers

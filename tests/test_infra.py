@@ -28,8 +28,9 @@ def test_client_env_contract(infra):
     env = fi.client_env(infra)
     assert set(env) == {
         "KAFKA_BOOTSTRAP_SERVERS", "S3_ENDPOINT", "S3_ACCESS_KEY", "S3_SECRET_KEY", "S3_SECURE",
-        "MLFLOW_TRACKING_URI",
+        "MLFLOW_TRACKING_URI", "EVENT_TOKEN",
     }
+    assert len(env["EVENT_TOKEN"]) >= 32 and env["EVENT_TOKEN"] == fi.event_token(infra)
     assert env["KAFKA_BOOTSTRAP_SERVERS"] == f"127.0.0.1:{infra.kafka_port}"
     assert env["S3_ENDPOINT"] == f"127.0.0.1:{infra.s3_port}"
     assert env["S3_SECURE"] == "0"
@@ -37,6 +38,22 @@ def test_client_env_contract(infra):
     # credentials are generated once and stable
     assert fi.s3_credentials(infra) == (env["S3_ACCESS_KEY"], env["S3_SECRET_KEY"])
     assert oct((infra.state_dir / "credentials.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_an_older_credentials_file_gains_the_event_token_and_keeps_its_values(tmp_path):
+    import json
+
+    from flts.dev.infra.config import ensure_secrets
+
+    cfg = fi.InfraConfig(state_dir=tmp_path / "state")
+    cfg.state_dir.mkdir()
+    old = {"s3_access_key": "fltsold", "s3_secret_key": "oldsecret", "pg_password": "oldpw"}
+    (cfg.state_dir / "credentials.json").write_text(json.dumps(old))
+    data = ensure_secrets(cfg)
+    assert {k: data[k] for k in old} == old and len(data["event_token"]) >= 32
+    assert ensure_secrets(cfg) == data  # generated once
+    assert oct((cfg.state_dir / "credentials.json").stat().st_mode & 0o777) == "0o600"
+    assert [p.name for p in cfg.state_dir.iterdir() if "tmp" in p.name] == []
 
 
 def test_config_from_env(monkeypatch, tmp_path):
@@ -115,6 +132,22 @@ def test_s3_put_get_and_buckets(infra):
         resp.release_conn()
     assert [o.object_name for o in client.list_objects("raw-data", prefix=key)] == [key]
     client.remove_object("raw-data", key)
+
+
+def test_s3_store_size_is_a_head_and_put_file_streams(infra, tmp_path):
+    from flts.storage import ObjectNotFound, store_from_env
+
+    store = store_from_env(fi.client_env(infra))
+    source = tmp_path / "upload.csv"
+    source.write_bytes(os.urandom(6 * 1024 * 1024))  # above minio's multipart threshold of 5 MiB
+    key = f"tests/{uuid.uuid4().hex}/upload.csv"
+    store.put_file("raw-data", key, source, "text/csv")
+    assert store.size("raw-data", key) == source.stat().st_size
+    assert store.get_bytes("raw-data", key) == source.read_bytes()
+    with pytest.raises(ObjectNotFound, match=rf"object not found: raw-data/{key}\.missing"):
+        store.size("raw-data", key + ".missing")
+    with pytest.raises(ObjectNotFound):
+        store.size("no-such-bucket", "x.csv")
 
 
 @pytest.mark.parametrize("which", ["secret", "access"])
@@ -290,3 +323,31 @@ def test_zz_stop_all_leaves_no_process(infra):
     finally:
         fi.start_all(infra)  # warm restart from the same state dir
     assert all(r["healthy"] for r in fi.status(infra))
+
+
+# --------------------------------------------------------------------------- flts upload's refusals
+# (no service is contacted: the checks come before the upload)
+@pytest.mark.parametrize("identifier", ["../x", "a//b", "."])
+def test_upload_with_a_bad_identifier_is_a_one_line_error(identifier, monkeypatch, tmp_path, capsys):
+    from flts.cli import main
+
+    monkeypatch.setenv("FLTS_STATE", str(tmp_path / "state"))
+    csv = tmp_path / "site.csv"
+    csv.write_text("time,down\n2020-01-01 00:00,1\n")
+    assert main(["upload", str(csv), "--identifier", identifier, "--no-wait"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: invalid identifier {identifier!r}: object key") and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_upload_refuses_a_file_over_max_upload_bytes_before_sending_it(monkeypatch, tmp_path, capsys):
+    from flts.cli import main
+
+    monkeypatch.setenv("FLTS_STATE", str(tmp_path / "state"))
+    monkeypatch.setenv("MAX_UPLOAD_BYTES", "100")
+    csv = tmp_path / "site.csv"
+    csv.write_bytes(b"time,down\n" + b"2020-01-01 00:00,1\n" * 10)
+    assert main(["upload", str(csv), "--no-wait"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: {csv}: {csv.stat().st_size} bytes is over the limit of 100 (MAX_UPLOAD_BYTES); " \
+                  "preprocess would refuse it\n"

@@ -194,6 +194,10 @@ BAD_CSV = {
     "empty target": (csv("time,down,up", "2020-01-01 00:00,,1", "2020-01-01 00:02,,2"),
                      r"x\.csv: the target column 'down' has no values"),
     "only a timestamp": (csv("time", "2020-01-01 00:00"), r"x\.csv: no numeric column besides the timestamp"),
+    # the target cannot be dropped: the hint is to fix the data or choose another target
+    "non-numeric target": (csv("time,down,name", "2020-01-01 00:00,1,a", "2020-01-01 00:02,high,b"),
+                           r"x\.csv: the target column 'down' \(e\.g\. 'high'\) is not numeric; fix the data or set "
+                           r"TARGET_COLUMN to a numeric column$"),
     "too many fields": (csv("time,down", "2020-01-01 00:00,1,5,6", "2020-01-01 00:02,2"),
                         r"x\.csv: rows have more fields than the header"),
     "not csv": (bytes(range(256)), r"x\.csv: not a readable CSV"),
@@ -217,6 +221,35 @@ def test_read_csv_refuses_a_file_over_max_upload_bytes():
     with pytest.raises(DataError, match=rf"x\.csv: {len(raw)} bytes is over the limit of {len(raw) - 1} \(MAX_UPLOAD_BYTES\)"):
         read_csv(raw, settings, "x.csv")
     assert len(read_csv(raw, PreprocessSettings.from_env({"MAX_UPLOAD_BYTES": str(len(raw))}), "x.csv")) == 1
+
+
+class CountingStore:
+    """A FileStore that counts what it downloads."""
+
+    def __init__(self, store):
+        self.store, self.downloaded = store, []
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def get_bytes(self, bucket, key):
+        self.downloaded.append(key)
+        return self.store.get_bytes(bucket, key)
+
+
+@pytest.mark.parametrize("too_large", ["s/train.csv", "s/test.csv"])
+def test_a_file_over_max_upload_bytes_is_refused_before_it_is_downloaded(file_store, too_large):
+    limit = len(TRAIN) + 10
+    file_store.put_bytes("raw-data", "s/train.csv", TRAIN)
+    file_store.put_bytes("raw-data", "s/test.csv", TRAIN)
+    file_store.put_bytes("raw-data", too_large, TRAIN + b"2020-01-01 00:06,4,5\n" * 2)  # over the limit
+    size = file_store.size("raw-data", too_large)
+    store = CountingStore(file_store)
+    request = DatasetReady(bucket="raw-data", object_key="s/train.csv", test_object_key="s/test.csv", identifier="s")
+    with pytest.raises(DataError, match=rf"{too_large}: {size} bytes is over the limit of {limit} \(MAX_UPLOAD_BYTES\)"):
+        preprocess(store, request, PreprocessSettings.from_env({"MAX_UPLOAD_BYTES": str(limit)}))
+    assert too_large not in store.downloaded
+    assert list(file_store.list_keys("processed-data")) == []
 
 
 @pytest.mark.parametrize("env, message", [

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import socket
+import sys
 import time
 import uuid
 
@@ -17,7 +20,7 @@ import pytest
 
 from flts import cli, events, forecasters, routing
 from flts.dev import infra as fi
-from flts.dev import processes, stack
+from flts.dev import processes, stack, supervise
 from flts.dispatcher import event_from_kafka
 from flts.spec import Scaling
 from flts.storage import InvalidKey, store_from_env
@@ -41,7 +44,7 @@ def test_plan_gives_every_deployment_its_process_port_and_env(offline_cfg):
     for model in forecasters.names():
         assert by_name[f"fn-train-{model.lower()}"].env["MODEL_TYPE"] == model
     for p in functions:
-        assert p.env["K_SINK"] == offline_cfg.ingress_url
+        assert p.env["K_SINK"] == f"{offline_cfg.ingress_url}from/{p.name.removeprefix('fn-')}"
         assert p.env["KAFKA_BOOTSTRAP_SERVERS"] == fi.kafka_bootstrap(offline_cfg.infra)
         assert p.env["S3_ENDPOINT"] and p.env["MLFLOW_TRACKING_URI"]
     pre = by_name["fn-preprocess"]
@@ -86,7 +89,7 @@ def test_port_in_use_is_reported_clearly(offline_cfg):
 def test_upload_refuses_bad_input_before_touching_anything(offline_cfg, lte_dir, tmp_path):
     with pytest.raises(stack.StackError, match="no such file"):
         stack.upload(offline_cfg, tmp_path / "absent.csv")
-    with pytest.raises(InvalidKey, match=r"'\.\.'"):
+    with pytest.raises((InvalidKey, stack.StackError), match=r"'\.\.'"):
         stack.upload(offline_cfg, lte_dir / "PobleSec.csv", identifier="..")
 
 
@@ -104,7 +107,37 @@ def test_status_cli_when_nothing_runs(offline_cfg, monkeypatch, capsys):
     assert "nothing was running" in capsys.readouterr().out
 
 
+def test_status_tells_an_orphan_from_a_stopped_process(offline_cfg, tmp_path):
+    """No supervisor runs, yet something of fn-preprocess does: in its folder, on its port."""
+    proc = next(p for p in stack.plan(offline_cfg) if p.name == "fn-preprocess")
+    command = [sys.executable, "-m", "http.server", str(proc.port), "--bind", "127.0.0.1"]
+    with processes.running(command, ready_url=proc.url, cwd=stack.workdir(offline_cfg, proc.name),
+                           log_path=tmp_path / "orphan.log") as orphan:
+        rows = {r["name"]: r for r in stack.status(offline_cfg)}
+        assert rows["fn-preprocess"]["state"] == "ORPHANED" and rows["fn-preprocess"]["pid"] == orphan.pid
+        assert rows["fn-eval"]["state"] == "stopped" and rows["supervisor"]["state"] == "stopped"
+        assert "without the supervisor" in rows["fn-preprocess"]["note"]
+        assert stack.down(offline_cfg, with_infra=False) == ["fn-preprocess"]  # `down` ends the orphan too
+        assert orphan.wait(10) is not None
+
+
+def test_cli_errors_are_one_line(offline_cfg, monkeypatch, capsys):
+    monkeypatch.setenv("FLTS_STATE", str(offline_cfg.infra.state_dir))
+    assert cli.main(["restart", "nope"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no process 'nope' in the running stack") and err.count("\n") == 1
+    assert cli.main(["replay", "dataset-ready"]) == 1
+    assert capsys.readouterr().err == "error: 'dataset-ready' is not a dead-letter topic (they are named dlq-<topic>)\n"
+
+
 # --------------------------------------------------------------------------- the real stack
+def _wait(predicate, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
 def _claim_for(bootstrap: str, identifier: str, timeout: float = 180.0):
     """The first `flts.training-data` event on its topic whose subject is `identifier`."""
     from kafka import KafkaConsumer, TopicPartition
@@ -147,7 +180,34 @@ def test_preprocess_through_the_full_stack_on_poblesec(infra, lte_dir, monkeypat
         assert stack.up(cfg, ["preprocess"], with_infra=False) and \
             {p.name: stack.running_pid(cfg, p.name) for p in procs} == pids  # idempotent: same processes
         states = {r["name"]: r["state"] for r in stack.status(cfg)}
-        assert states["fn-preprocess"] == states["dispatcher"] == states["kafka"] == "healthy"
+        assert states["fn-preprocess"] == states["dispatcher"] == states["kafka"] == states["supervisor"] == "healthy"
+        assert states["dlq-dataset-ready"] in ("empty", *(f"{n} dead" for n in range(1, 100)))
+
+        # kill -9 a whole function process and the dispatcher: the supervisor starts them again
+        for name in ("fn-preprocess", "dispatcher"):
+            group_pids |= set(processes.group_members(pids[name]))
+            os.killpg(pids[name], signal.SIGKILL)
+        procs_by_name = {p.name: p for p in procs}
+        _wait(lambda: all(stack.running_pid(cfg, n) not in (None, pids[n]) for n in pids), "restarts")
+        stack.wait_healthy(cfg, [procs_by_name["fn-preprocess"], procs_by_name["dispatcher"]], timeout=120)
+        pids = {p.name: stack.running_pid(cfg, p.name) for p in procs}
+        restarted = stack.restart(cfg, "preprocess")  # by hand: one command
+        assert restarted.name == "fn-preprocess" and stack.running_pid(cfg, "fn-preprocess") != pids["fn-preprocess"]
+        group_pids |= set(pids.values())
+        pids = {p.name: stack.running_pid(cfg, p.name) for p in procs}
+
+        # the supervisor itself killed: its processes run on, orphaned, and status says so; `up` heals
+        group_pids |= {pid for pid in pids.values() for pid in processes.group_members(pid)}
+        os.kill(supervise.pid(cfg.infra.state_dir), signal.SIGKILL)
+        _wait(lambda: supervise.pid(cfg.infra.state_dir) is None, "the supervisor gone")
+        rows = {r["name"]: r for r in stack.status(cfg)}
+        assert rows["supervisor"]["state"] == "stopped"
+        assert rows["fn-preprocess"]["state"] == rows["dispatcher"]["state"] == "ORPHANED"
+        stack.up(cfg, ["preprocess"], with_infra=False)
+        assert not any(processes.pid_alive(pid) for pid in pids.values()), "an orphan survived `up`"
+        states = {r["name"]: r["state"] for r in stack.status(cfg)}
+        assert states["fn-preprocess"] == states["dispatcher"] == states["supervisor"] == "healthy"
+        pids = {p.name: stack.running_pid(cfg, p.name) for p in procs}
 
         ready, topic, _offset = stack.upload(cfg, lte_dir / "PobleSec.csv", lte_dir / "PobleSec_test.csv", identifier)
         assert topic == "dataset-ready" and ready.data["identifier"] == identifier
@@ -162,7 +222,7 @@ def test_preprocess_through_the_full_stack_on_poblesec(infra, lte_dir, monkeypat
         assert train.num_rows == data.rows > 1000 and test.num_rows == data.test_rows > 100
         assert {"down", "minute_sin", "minute_cos", "dow_sin", "dow_cos"} <= set(train.column_names)
         assert data.object_key.startswith(f"{identifier}/{data.config_hash}/")
-        group_pids = {pid for pid in pids.values() for pid in processes.group_members(pid)}
+        group_pids |= {pid for pid in pids.values() for pid in processes.group_members(pid)}
         assert len(group_pids) >= 3  # gunicorn master + worker, and the dispatcher
     finally:
         stopped = stack.down(cfg, with_infra=False)

@@ -118,6 +118,28 @@ def test_missing_object_names_bucket_and_key(file_store):
     assert not file_store.exists("other-bucket", "x")
 
 
+def test_size_is_read_without_the_content_and_a_missing_object_names_itself(file_store):
+    file_store.put_bytes("raw-data", "a/b.csv", b"12345")
+    assert file_store.size("raw-data", "a/b.csv") == 5
+    with pytest.raises(ObjectNotFound, match=r"^object not found: raw-data/a/c\.csv$"):
+        file_store.size("raw-data", "a/c.csv")
+    with pytest.raises(ObjectNotFound):  # a prefix is not an object
+        file_store.size("raw-data", "a")
+    with pytest.raises(InvalidKey):
+        file_store.size("raw-data", "../b.csv")
+
+
+def test_put_file_copies_a_file_atomically(file_store, tmp_path):
+    source = tmp_path / "big.csv"
+    source.write_bytes(b"x" * 3_000_000)
+    file_store.put_file("raw-data", "s/big.csv", source, "text/csv")
+    assert file_store.get_bytes("raw-data", "s/big.csv") == source.read_bytes()
+    with pytest.raises(FileNotFoundError):
+        file_store.put_file("raw-data", "s/big.csv", tmp_path / "missing.csv")
+    assert file_store.size("raw-data", "s/big.csv") == 3_000_000  # the old object is intact
+    assert [p.name for p in (file_store.root / "raw-data" / "s").iterdir()] == ["big.csv"]
+
+
 def test_writes_are_atomic_and_leave_no_temp_files(file_store):
     file_store.put_bytes("raw-data", "k.bin", b"first")
     with pytest.raises(TypeError):

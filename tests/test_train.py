@@ -133,8 +133,8 @@ def test_rnn_run_logs_the_contract_and_scores_the_served_graph(env, lte_dir, tmp
         assert run.data.tags[key] == data[key] and run.data.params[key] == data[key]
     assert run.data.params["epochs"] == "2" and run.data.params["hidden_size"] == "8"
     files = {a.path for folder in (model_type, "scaler", "plots") for a in client.list_artifacts(data["run_id"], folder)}
-    assert files == {f"{model_type}/model.onnx", f"{model_type}/signature.json", "scaler/scaler.pkl",
-                     "scaler/scaler.json", "plots/loss_curve.png"}
+    assert files == {f"{model_type}/model.onnx", f"{model_type}/signature.json", f"{model_type}/validation.npz",
+                     "scaler/scaler.pkl", "scaler/scaler.json", "plots/loss_curve.png"}
 
     signature = orjson.loads(download(env, data["run_id"], f"{model_type}/signature.json", tmp_path).read_bytes())
     columns = [c for c in train.columns if c != "time"]

@@ -14,6 +14,7 @@ from flts.spec import load
 # Marker name → the settings model ("module:Class", imported when rendered) its table shows.
 MODELS = {
     "storage": "flts.storage:StorageSettings",
+    "auth": "flts.auth:EventAuthSettings",
     "preprocess": "flts.preprocess.settings:PreprocessSettings",
     "train": "flts.train.settings:TrainSettings",
     "eval": "flts.eval.settings:EvalSettings",

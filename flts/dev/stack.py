@@ -16,7 +16,6 @@ functions/<name>/main.py, or, for a request server (infer), the scale-to-zero fr
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -26,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from flts import routing
-from flts.dev import REPO, infra, processes
+from flts.dev import REPO, infra, processes, supervise
 from flts.settings import ConfigError
 from flts.spec import FunctionSpec, Scaling
 
@@ -100,14 +99,18 @@ def function_command(spec: FunctionSpec, port: int, host: str) -> list[str]:
 def plan(cfg: StackConfig, deployments: list[str] | None = None) -> list[Process]:
     """The function processes (routing.DEPLOYMENTS order) and the dispatcher, with ports and env."""
     chosen = _choose(deployments)
-    base_env = {**infra.client_env(cfg.infra), "K_SINK": cfg.ingress_url, "PYTHONUNBUFFERED": "1"}
+    base_env = {**infra.client_env(cfg.infra), "PYTHONUNBUFFERED": "1"}
     planned, targets = [], {}
     for index, deployment in enumerate(routing.DEPLOYMENTS):
         if deployment.name not in chosen:
             continue
         port = cfg.function_base_port + index
         url = f"http://{cfg.host}:{port}/"
-        env = {**base_env, **deployment.env, "FLTS_DEPLOYMENT": deployment.name}
+        # its own S3 account where the server has accounts (flts.dev.infra.s3.GRANTS), and its own
+        # ingress path: the dispatcher then knows which delivery an output belongs to (flts.dispatcher.dedup)
+        env = {**base_env, **infra.function_env(cfg.infra, deployment.function), **deployment.env,
+               "FLTS_DEPLOYMENT": deployment.name,
+               "K_SINK": f"{cfg.ingress_url}from/{deployment.name}"}
         # A front door answers its own status route: probing /healthz through it would wake the function.
         frontdoor = deployment.spec.scaling is Scaling.REQUEST_SERVER
         health = url.rstrip("/") + (FRONTDOOR_STATUS_PATH if frontdoor else HEALTH_PATH)
@@ -138,16 +141,17 @@ def _choose(deployments: list[str] | None) -> set[str]:
 
 
 # --------------------------------------------------------------------------- processes
-# Each process runs in its own session (so a stop reaches gunicorn's workers too), with its
-# working directory <state>/<name>: a pid counts as ours only if it still runs there, so a
-# stale pid file can never make `flts down` signal somebody else's process.
+# supervisord (flts.dev.supervise) runs each process in its own process group (so a stop
+# reaches gunicorn's workers too), with its working directory <state>/<name>, and restarts it
+# when it exits. Whatever runs in that folder is ours: `down` and a restart end leftovers there.
 def workdir(cfg: StackConfig, name: str) -> Path:
     return cfg.infra.state_dir / name
 
 
 def running_pid(cfg: StackConfig, name: str) -> int | None:
-    """The pid of our running process `name`, or None (a stale pid file is removed)."""
-    return processes.owned_pid(cfg.infra.pid_file(name), workdir(cfg, name))
+    """The pid of our process `name` while the supervisor runs it, else None."""
+    found = supervise.info(cfg.infra.state_dir, name)
+    return found["pid"] if found and found["statename"] in supervise.UP and found["pid"] else None
 
 
 def free_port_block(size: int, host: str = "127.0.0.1") -> int:
@@ -162,7 +166,7 @@ def free_port_block(size: int, host: str = "127.0.0.1") -> int:
 
 
 def start_process(cfg: StackConfig, proc: Process) -> int:
-    """Spawn one process (own session, output appended to its log); return its pid. Keeps a running one."""
+    """Have the supervisor start one process (output appended to its log); return its pid. Keeps a running one."""
     pid = running_pid(cfg, proc.name)
     if pid is not None:
         return pid
@@ -170,40 +174,57 @@ def start_process(cfg: StackConfig, proc: Process) -> int:
         knob = "FLTS_DISPATCHER_PORT" if proc.kind == "dispatcher" else "FLTS_FUNCTION_BASE_PORT"
         raise StackError(f"{proc.name}: port {proc.port} is in use by another process; set {knob} "
                          f"to free ports (or stop that process)")
-    log = cfg.infra.log_file(proc.name)
-    processes.log_mark(log, proc.name)
-    popen = processes.spawn(proc.command, env=proc.env, cwd=workdir(cfg, proc.name), log_path=log)
-    processes.write_pid_file(cfg.infra.pid_file(proc.name), popen.pid, proc.port)
-    return popen.pid
+    processes.log_mark(cfg.infra.log_file(proc.name), proc.name)
+    try:
+        supervise.start(cfg.infra.state_dir, proc.name)
+    except supervise.SupervisorError as exc:
+        raise StackError(_died(cfg, proc.name, str(exc))) from None
+    pid = running_pid(cfg, proc.name)
+    if pid is None:
+        raise StackError(_died(cfg, proc.name, "it did not start"))
+    return pid
+
+
+def _died(cfg: StackConfig, name: str, why: str) -> str:
+    log = cfg.infra.log_file(name)
+    return f"{name} exited during startup ({why}); log {log}:\n{processes.log_tail(log)}"
 
 
 def wait_healthy(cfg: StackConfig, procs: list[Process], timeout: float | None = None) -> None:
-    """Probe until every process answers; a process that dies is reported with its log tail.
-
-    They were started together, so waiting for one after the other takes no longer.
-    """
+    """Probe until every process answers; one that exits (the supervisor restarts it: its pid
+    changes) is reported with its log tail. They were started together, so waiting for one after
+    the other takes no longer. The dispatcher's /readyz is 503 until its consumers have joined."""
     deadline = time.monotonic() + (cfg.start_timeout if timeout is None else timeout)
     for proc in procs:
-        log, pid = cfg.infra.log_file(proc.name), running_pid(cfg, proc.name)
-        if pid is None:
-            raise StackError(f"{proc.name} exited during startup; log {log}:\n{processes.log_tail(log)}")
-        # the dispatcher's /readyz is 503 until its consumers have joined
-        healthy = functools.partial(processes.http_ok, proc.health_url, timeout=1.0)
-        try:
-            processes.wait_until(healthy, deadline - time.monotonic(), proc=pid, what=proc.name, log_path=log,
-                                 interval=0.3)
-        except processes.NotReady as exc:
-            raise StackError(str(exc)) from None
+        pid = running_pid(cfg, proc.name)
+        while not processes.http_ok(proc.health_url, timeout=1.0):
+            now = running_pid(cfg, proc.name)
+            if now is None or now != pid:
+                raise StackError(_died(cfg, proc.name, "the supervisor restarts it" if now else "not running"))
+            if time.monotonic() > deadline:
+                log = cfg.infra.log_file(proc.name)
+                raise StackError(f"{proc.name}: not healthy on {proc.health_url} after "
+                                 f"{cfg.start_timeout:.0f}s; log {log}:\n{processes.log_tail(log)}")
+            time.sleep(0.3)
 
 
 def stop_process(cfg: StackConfig, name: str, timeout: float = STOP_TIMEOUT_SEC) -> bool:
-    """SIGTERM the process group (gunicorn master and workers), SIGKILL what is left after `timeout`."""
-    pid = running_pid(cfg, name)
-    if pid is None:
-        return False
-    processes.stop_group(pid, timeout, what=name)
-    cfg.infra.pid_file(name).unlink(missing_ok=True)
-    return True
+    """Have the supervisor stop it: SIGTERM to the process group (gunicorn master and workers),
+    SIGKILL after the stop timeout. It stays stopped until started again."""
+    return supervise.stop(cfg.infra.state_dir, name)
+
+
+def restart(cfg: StackConfig, name: str) -> Process:
+    """Stop and start one process of the running stack (`flts restart infer`); waits until it is healthy."""
+    procs = {p.name: p for p in _load_plan(cfg) or []}
+    wanted = name if name in procs else f"fn-{name}"
+    if wanted not in procs or supervise.pid(cfg.infra.state_dir) is None:
+        known = ", ".join(sorted(p.removeprefix("fn-") for p in procs)) or "none: the stack is not up (flts up)"
+        raise StackError(f"no process {name!r} in the running stack (known: {known})")
+    stop_process(cfg, wanted)
+    start_process(cfg, procs[wanted])
+    wait_healthy(cfg, [procs[wanted]])
+    return procs[wanted]
 
 
 # --------------------------------------------------------------------------- up / down / status
@@ -213,6 +234,7 @@ def up(cfg: StackConfig | None = None, deployments: list[str] | None = None, wit
 
     Idempotent: running processes that match the plan are kept; ones that do not (changed
     command or env, or a deployment left out by `deployments`) are stopped or restarted.
+    Every process runs under the supervisor, which restarts it when it exits.
     """
     cfg = cfg or StackConfig()
     t0 = time.monotonic()
@@ -222,7 +244,7 @@ def up(cfg: StackConfig | None = None, deployments: list[str] | None = None, wit
         infra.create_topics(cfg.infra, routing.all_topics())
     procs = plan(cfg, deployments)
     functions = [p for p in procs if p.kind == "function"]
-    _retire_changed(cfg, procs, echo)
+    _supervise(cfg, procs, echo)
     # functions first: the dispatcher's first deliveries should find them listening
     for proc in functions:
         echo(_start(cfg, proc))
@@ -230,7 +252,6 @@ def up(cfg: StackConfig | None = None, deployments: list[str] | None = None, wit
     dispatcher = procs[-1]
     echo(_start(cfg, dispatcher))
     wait_healthy(cfg, [dispatcher])
-    _save_plan(cfg, procs)
     echo(f"stack: up in {time.monotonic() - t0:.1f}s (state {cfg.infra.state_dir})")
     return procs
 
@@ -242,27 +263,41 @@ def _start(cfg: StackConfig, proc: Process) -> str:
     return f"{proc.name}: starting on {proc.url} (pid {start_process(cfg, proc)})"
 
 
-def _retire_changed(cfg: StackConfig, procs: list[Process], echo: Callable[[str], None]) -> None:
-    """Stop what no longer matches the plan: a process whose command or env changed (e.g. the
-    dispatcher's DISPATCH_TARGETS after `--only`), and function processes left out of it."""
-    previous = {p.name: p for p in _load_plan(cfg) or []}
-    wanted = {p.name: p for p in procs}
-    for name in [*_known_function_names(cfg), DISPATCHER]:
-        old, new = previous.get(name), wanted.get(name)
-        changed = new is not None and old is not None and (old.command, old.env) != (new.command, new.env)
-        if (new is None or changed) and stop_process(cfg, name):
-            echo(f"{name}: stopped ({'its command or environment changed' if changed else 'not in this plan'})")
+def _supervise(cfg: StackConfig, procs: list[Process], echo: Callable[[str], None]) -> None:
+    """Save the plan, write the supervisor's config from it and apply it: a process whose command
+    or env changed (e.g. the dispatcher's DISPATCH_TARGETS after `--only`) is stopped, and so is a
+    function process left out of the plan; the others keep running."""
+    _save_plan(cfg, procs)
+    programs = [{"name": p.name, "command": p.command, "env": p.env, "workdir": workdir(cfg, p.name),
+                 "log": cfg.infra.log_file(p.name)} for p in procs]
+    state = cfg.infra.state_dir
+    supervise.write_config(state, cfg.plan_file, programs, STOP_TIMEOUT_SEC)
+    try:
+        if supervise.ensure_running(state, [workdir(cfg, n) for n in [*_known_function_names(cfg), DISPATCHER]]):
+            echo(f"supervisor: started (supervisord, pid {supervise.pid(state)})")
+        changes = supervise.update(state)
+    except supervise.SupervisorError as exc:
+        raise StackError(str(exc)) from None
+    for name in changes["changed"]:
+        echo(f"{name}: stopped (its command or environment changed)")
+    for name in changes["removed"]:
+        echo(f"{name}: stopped (not in this plan)")
 
 
 def down(cfg: StackConfig | None = None, with_infra: bool = True) -> list[str]:
-    """Stop the dispatcher, then every function process, then the infrastructure; returns what ran."""
+    """Stop the dispatcher, then every function process, then the supervisor and the
+    infrastructure; returns what ran."""
     cfg = cfg or StackConfig()
     stopped = [DISPATCHER] if stop_process(cfg, DISPATCHER) else []
     for name in _known_function_names(cfg):
         if stop_process(cfg, name):
             stopped.append(name)
+    if supervise.shutdown(cfg.infra.state_dir):
+        stopped.append(supervise.NAME)
+    for name in [*_known_function_names(cfg), DISPATCHER]:
         # what still runs in its folder, even in another session: normally nothing (the front
-        # door stops the infer process itself, or it dies with the door)
+        # door stops the infer process itself, or it dies with the door), but an orphan of a
+        # killed process or supervisor may be left
         leftovers = processes.pids_in(workdir(cfg, name))
         if leftovers:
             processes.stop_pids(leftovers, STOP_TIMEOUT_SEC)
@@ -275,40 +310,89 @@ def down(cfg: StackConfig | None = None, with_infra: bool = True) -> list[str]:
 
 
 def _known_function_names(cfg: StackConfig) -> list[str]:
-    """Every fn-* pid file, plus the routing table's names (a pid file may be all that is left)."""
+    """The routing table's names, plus any fn-* folder in the state dir (a folder may be all that is left)."""
     names = [f"fn-{d.name}" for d in routing.DEPLOYMENTS]
-    run = cfg.infra.state_dir / "run"
-    if run.is_dir():
-        names += sorted(p.stem for p in run.glob("fn-*.pid") if p.stem not in names)
+    if cfg.infra.state_dir.is_dir():
+        names += sorted(p.name for p in cfg.infra.state_dir.glob("fn-*") if p.is_dir() and p.name not in names)
     return names
 
 
-def status(cfg: StackConfig | None = None) -> list[dict]:
-    """One row per service and process: name, kind, pid, url, state (healthy/UNHEALTHY/stopped).
+GOOD_STATES = ("healthy", "empty")  # `flts status` exits 3 unless every row is in one of these
 
-    A front door's row (infer) also has `frontdoor` (its GET /_frontdoor/status: backend
-    state, pid, cold starts), `scaled_to_zero` (no function process runs behind it now) and
-    a readable `note`.
+
+def status(cfg: StackConfig | None = None) -> list[dict]:
+    """One row per service, process and dead-letter topic: name, kind, pid, url, state, note.
+
+    A process is `healthy`, `UNHEALTHY` (runs, does not answer), `starting`, `RESTARTING` (it
+    exited and the supervisor starts it again), `FAILED` (the supervisor gave up), `ORPHANED`
+    (not supervised, yet something of it runs or holds its port) or `stopped`. A dead-letter
+    topic is `empty` or `<n> dead` (not yet replayed). A front door's row (infer) also has
+    `frontdoor` (its GET /_frontdoor/status: backend state, pid, cold starts) and
+    `scaled_to_zero` (no function process runs behind it now).
     """
     cfg = cfg or StackConfig()
+    services = infra.status(cfg.infra)
     rows = [{"name": r["name"], "kind": "infra", "pid": r["pid"], "url": r["url"],
              "state": "healthy" if r["healthy"] else ("UNHEALTHY" if r["pid"] else "stopped")}
-            for r in infra.status(cfg.infra)]
-    for proc in _load_plan(cfg) or plan(cfg):
-        pid = running_pid(cfg, proc.name)
-        door = frontdoor_status(proc) if proc.scale_to_zero and pid is not None else None
-        if pid is None:
-            state = "stopped"
-        elif proc.scale_to_zero:
-            state = "healthy" if door is not None else "UNHEALTHY"
-        else:
-            state = "healthy" if processes.http_ok(proc.health_url) else "UNHEALTHY"
-        row = {"name": proc.name, "kind": proc.kind, "pid": pid, "url": proc.url, "state": state}
-        if proc.scale_to_zero:
-            row.update(frontdoor=door, scaled_to_zero=door is not None and door["backend"] == "stopped",
-                       note=_frontdoor_note(door) if door else "front door (scale to zero)")
-        rows.append(row)
+            for r in services]
+    supervisor_pid = supervise.pid(cfg.infra.state_dir)
+    rows.append({"name": "supervisor", "kind": "supervisor", "pid": supervisor_pid,
+                 "url": f"unix://{supervise.socket_path(cfg.infra.state_dir)}",
+                 "state": "healthy" if supervisor_pid else "stopped"})
+    rows += [_process_row(cfg, proc) for proc in _load_plan(cfg) or plan(cfg)]
+    if any(r["name"] == "kafka" and r["state"] == "healthy" for r in rows):
+        rows += _dead_letter_rows(cfg)
     return rows
+
+
+def _process_row(cfg: StackConfig, proc: Process) -> dict:
+    found = supervise.info(cfg.infra.state_dir, proc.name)
+    supervised = found["statename"] if found else None
+    pid = found["pid"] if supervised in supervise.UP and found["pid"] else None
+    row = {"name": proc.name, "kind": proc.kind, "pid": pid, "url": proc.url}
+    if supervised == "RUNNING" and proc.scale_to_zero:
+        door = frontdoor_status(proc)
+        row.update(state="healthy" if door else "UNHEALTHY", frontdoor=door,
+                   scaled_to_zero=door is not None and door["backend"] == "stopped",
+                   note=_frontdoor_note(door) if door else "front door (scale to zero)")
+        return row
+    if supervised == "RUNNING":
+        up_for = found["now"] - found["start"]
+        return {**row, "state": "healthy" if processes.http_ok(proc.health_url) else "UNHEALTHY",
+                "note": f"up {up_for}s" if up_for < 120 else f"up {up_for // 60}min"}
+    if supervised in ("STARTING", "BACKOFF"):
+        state = "starting" if found["start"] == 0 or supervised == "STARTING" else "RESTARTING"
+        return {**row, "state": state, "note": found.get("spawnerr") or "the supervisor is starting it"}
+    if supervised == "FATAL":
+        return {**row, "state": "FAILED", "note": f"exits at start; the supervisor gave up (log: "
+                                                  f"{cfg.infra.log_file(proc.name)}; then `flts restart {proc.name}`)"}
+    return {**row, **_unsupervised(cfg, proc)}
+
+
+def _unsupervised(cfg: StackConfig, proc: Process) -> dict:
+    """A process the supervisor does not run: stopped, unless something of it is left (an orphan)."""
+    left = processes.pids_in(workdir(cfg, proc.name))
+    if left:
+        return {"state": "ORPHANED", "pid": left[0],
+                "note": f"pid(s) {left} run in its folder without the supervisor: `flts up` ends and restarts them"}
+    if processes.port_in_use(cfg.host, proc.port):
+        return {"state": "ORPHANED", "note": f"port {proc.port} is held by a process that is not ours"}
+    return {"state": "stopped"}
+
+
+def _dead_letter_rows(cfg: StackConfig) -> list[dict]:
+    from flts.dispatcher import deadletters
+
+    bootstrap = infra.kafka_bootstrap(cfg.infra)
+    try:
+        counts = deadletters.count(bootstrap, [t for t in routing.all_topics() if t.startswith("dlq-")])
+    except Exception as exc:  # noqa: BLE001 - status reports, it does not fail
+        return [{"name": "dlq-*", "kind": "dlq", "pid": None, "url": bootstrap, "state": "UNKNOWN",
+                 "note": f"cannot count dead letters: {type(exc).__name__}: {exc}"}]
+    return [{"name": topic, "kind": "dlq", "pid": None, "url": bootstrap,
+             "state": "empty" if not c.pending else f"{c.pending} dead", "pending": c.pending, "total": c.total,
+             "note": f"replay: flts replay {topic}" if c.pending else (f"{c.total} replayed" if c.total else "")}
+            for topic, c in counts.items()]
 
 
 def frontdoor_status(proc: Process, timeout: float = 2.0) -> dict | None:
@@ -334,7 +418,7 @@ def _frontdoor_note(door: dict) -> str:
 
 
 def format_status(rows: list[dict]) -> str:
-    width = max([len("URL"), *(len(r["url"]) for r in rows)])
+    width = max([len("URL"), *(len(r["url"]) for r in rows if r["kind"] != "supervisor")])
     lines = [f"{'NAME':<18} {'KIND':<10} {'STATE':<10} {'PID':<8} {'URL':<{width}}  NOTE".rstrip()]
     for r in rows:
         line = f"{r['name']:<18} {r['kind']:<10} {r['state']:<10} {str(r['pid'] or '-'):<8} {r['url']:<{width}}"
@@ -361,22 +445,37 @@ RAW_BUCKET = "raw-data"
 
 
 def upload(cfg: StackConfig | None, csv: Path, test_csv: Path | None = None, identifier: str | None = None):
-    """Put the CSV(s) into the raw-data bucket and write `flts.dataset.ready` to Kafka; returns the event."""
+    """Put the CSV(s) into the raw-data bucket and write `flts.dataset.ready` to Kafka; returns the event.
+
+    A file over preprocess's MAX_UPLOAD_BYTES is refused before anything is sent; the files are
+    streamed, never read whole into memory.
+    """
     from flts import events
     from flts.dispatcher import publish
-    from flts.storage import store_from_env, validate_key
+    from flts.preprocess.settings import PreprocessSettings
+    from flts.storage import InvalidKey, StorageError, store_from_env, validate_key
 
     cfg = cfg or StackConfig()
     env = infra.client_env(cfg.infra)
+    limit = PreprocessSettings.from_env(os.environ).max_bytes  # what preprocess will accept
     for path in filter(None, (csv, test_csv)):
         if not Path(path).is_file():
             raise StackError(f"no such file: {path}")
+        if Path(path).stat().st_size > limit:
+            raise StackError(f"{path}: {Path(path).stat().st_size} bytes is over the limit of {limit} "
+                             f"(MAX_UPLOAD_BYTES); preprocess would refuse it")
     identifier = identifier or Path(csv).stem
-    keys = {path: validate_key(f"{identifier}/{Path(path).name}") for path in filter(None, (csv, test_csv))}
+    try:
+        keys = {path: validate_key(f"{identifier}/{Path(path).name}") for path in filter(None, (csv, test_csv))}
+    except InvalidKey as exc:
+        raise StackError(f"invalid identifier {identifier!r}: {exc}") from None
     store = store_from_env(env)
-    store.ensure_bucket(RAW_BUCKET)
-    for path, key in keys.items():
-        store.put_bytes(RAW_BUCKET, key, Path(path).read_bytes(), "text/csv")
+    try:
+        store.ensure_bucket(RAW_BUCKET)
+        for path, key in keys.items():
+            store.put_file(RAW_BUCKET, key, path, "text/csv")
+    except StorageError as exc:
+        raise StackError(f"cannot upload to {RAW_BUCKET}: {exc}") from None
     ready = events.DatasetReady(bucket=RAW_BUCKET, object_key=keys[csv], identifier=identifier,
                                 test_object_key=keys.get(test_csv) if test_csv else None)
     event = events.make_event(events.DATASET_READY, "upload", ready)
@@ -407,16 +506,55 @@ def _cli_down(args) -> int:
 def _cli_status(args) -> int:
     rows = status(StackConfig())
     print(json.dumps(rows, indent=1) if args.json else format_status(rows))
-    return 0 if all(r["state"] == "healthy" for r in rows) else 3
+    return 0 if all(r["state"] in GOOD_STATES for r in rows) else 3
 
 
 def _cli_upload(args) -> int:
-    event, topic, offset = upload(StackConfig(), Path(args.csv), Path(args.test) if args.test else None,
+    from flts.dev.watch import Watch
+
+    cfg = StackConfig()
+    watch = None if args.no_wait else Watch(infra.kafka_bootstrap(cfg.infra))  # before the event exists
+    event, topic, offset = upload(cfg, Path(args.csv), Path(args.test) if args.test else None,
                                   args.identifier)
     data = event.data
     print(f"uploaded {data['bucket']}/{data['object_key']}"
           + (f" and {data['bucket']}/{data['test_object_key']}" if data.get("test_object_key") else ""))
-    print(f"produced {event['type']} id={event['id']} to {topic} (offset {offset})")
+    print(f"produced {event['type']} id={event['id']} to {topic} (offset {offset})", flush=True)
+    if watch is None:
+        return 0
+    outcome = watch.until_outcome(data["identifier"], args.timeout, lambda line: print(line, flush=True))
+    if outcome.ok:
+        return 0
+    if outcome.dead_letter is not None:
+        letter = outcome.dead_letter
+        print(f"error: {letter['function']} dead-lettered {letter['event']['type']} into "
+              f"{routing.dlq_topic(letter['topic'])}: {letter['error']}\n"
+              f"(fix the cause, then: flts replay {routing.dlq_topic(letter['topic'])})", file=sys.stderr)
+    else:
+        print(f"error: no promotion and no dead letter within {args.timeout:g}s "
+              f"(see `flts status` and {cfg.infra.state_dir / 'logs'})", file=sys.stderr)
+    return 1
+
+
+def _cli_restart(args) -> int:
+    proc = restart(StackConfig(), args.name)
+    print(f"{proc.name}: restarted (pid {running_pid(StackConfig(), proc.name)}) on {proc.url}")
+    return 0
+
+
+def _cli_replay(args) -> int:
+    from flts.dispatcher import deadletters
+    from flts.events import EventError
+
+    try:
+        replayed = deadletters.replay(infra.kafka_bootstrap(StackConfig().infra), args.topic)
+    except (EventError, TimeoutError) as exc:
+        raise StackError(str(exc)) from None
+    for r in replayed:
+        print(f"offset {r.offset}: " + (f"skipped, {r.skipped}" if r.skipped else
+                                        f"{r.event_type} id={r.event_id} back to {r.topic} (was: {r.error[:120]})"))
+    print(f"{args.topic}: {sum(not r.skipped for r in replayed)} replayed, "
+          f"{sum(bool(r.skipped) for r in replayed)} skipped" if replayed else f"{args.topic}: nothing to replay")
     return 0
 
 
@@ -424,14 +562,19 @@ def _guarded(run: Callable) -> Callable:
     def wrapper(args) -> int:
         try:
             return run(args)
-        except (infra.InfraError, StackError, ConfigError) as exc:
+        except (infra.InfraError, StackError, ConfigError, supervise.SupervisorError) as exc:
             print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except Exception as exc:
+            if not type(exc).__module__.startswith("kafka"):
+                raise
+            print(f"error: Kafka: {type(exc).__name__}: {exc} (is the stack up? `flts status`)", file=sys.stderr)
             return 1
     return wrapper
 
 
 def add_parser(sub) -> None:
-    """`flts up | down | status | upload` (the local full stack)."""
+    """`flts up | down | status | upload | restart | replay` (the local full stack)."""
     p = sub.add_parser("up", help="start the local full stack: Kafka, S3, PostgreSQL, MLflow, functions, dispatcher")
     p.add_argument("--only", help="comma-separated deployments to run (default: all), e.g. preprocess,eval")
     p.add_argument("--no-infra", action="store_true", help="use the running infrastructure (only create topics)")
@@ -446,4 +589,13 @@ def add_parser(sub) -> None:
     p.add_argument("csv", help="the training CSV (a timestamp column and numeric columns)")
     p.add_argument("--test", help="a held-out test CSV (default: preprocess splits the training CSV by time)")
     p.add_argument("--identifier", help="dataset identifier (default: the CSV's file name without .csv)")
+    p.add_argument("--no-wait", action="store_true", help="return once the event is on Kafka (default: wait "
+                                                          "for the promotion or a dead letter, and say which)")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait (default: 1800)")
     p.set_defaults(func=_guarded(_cli_upload))
+    p = sub.add_parser("restart", help="stop and start one process of the running stack, e.g. `flts restart infer`")
+    p.add_argument("name", help="a deployment (preprocess, train-gru, eval, infer, ...) or `dispatcher`")
+    p.set_defaults(func=_guarded(_cli_restart))
+    p = sub.add_parser("replay", help="put the pending dead letters of a dlq-<topic> back onto their topic")
+    p.add_argument("topic", help="the dead-letter topic, e.g. dlq-dataset-ready (`flts status` lists them)")
+    p.set_defaults(func=_guarded(_cli_replay))

@@ -55,7 +55,7 @@ def persistence_onnx(input_seq_len: int, n_features: int, output_seq_len: int, t
 def promote(store: ObjectStore, model_bytes: bytes, *, identifier: str = "PobleSec", run_id: str = "run-1",
             input_seq_len: int = 10, output_seq_len: int = 3, feature_columns=LTE_FEATURES, target: str = "down",
             frequency_seconds: float | None = 120.0, model_type: str = "GRU", artifact_format: str = "onnx",
-            promotion_bucket: str = "model-promotion", artifact_bucket: str = "mlflow",
+            promotion_bucket: str = "model-promotion", artifact_bucket: str = "model-promotion",
             timestamp: str | None = None, write_pointer: bool = True,
             intervals: dict | None = None) -> PromotionPointer:
     """Store an artifact and its pointer where eval puts them; returns the pointer."""

@@ -16,12 +16,18 @@ Knative's KafkaSource + Broker play on a cluster:
 - Replies: a binary (or structured) CloudEvent, or an `application/cloudevents-batch+json`
   list, answered with a 2xx is written to the topic of its type.
 - Ingress (HTTP, what functions use as K_SINK): POST a CloudEvent (binary, structured or
-  batch) and it is written to the topic of its type before the 202 goes back.
+  batch) and it is written to the topic of its type before the 202 goes back. Each function
+  posts to its own path `/from/<deployment>`; such a post is taken only while a delivery to
+  that deployment is in flight (409 otherwise: it is the output of a delivery the dispatcher
+  no longer waits for, e.g. before a restart, whose input is uncommitted and comes again).
+- Each outcome is written once (`dedup`): a repeat of an event already written in the same
+  upload's chain is not written again.
 
 Modules, one concern each: `settings` (DispatchSettings), `routes` (the routing table as
 subscriptions and topics), `codec` (Kafka message ⇄ CloudEvent), `producer` (EventProducer,
 `publish`), `delivery` (POST, retry, replies, dead-letter envelope), `consumer` (ConsumerLoop),
-`ingress` (the HTTP ingress); here the Dispatcher that runs them and `main`.
+`ingress` (the HTTP ingress), `dedup` (each outcome written once), `deadletters` (count,
+replay); here the Dispatcher that runs them and `main`.
 
 Settings (environment): `settings.DispatchSettings`, the table in docs/local-stack.md.
 
@@ -38,7 +44,8 @@ from collections.abc import Mapping
 from flts import events
 from flts.dispatcher.codec import event_from_kafka, event_to_kafka
 from flts.dispatcher.consumer import ConsumerLoop
-from flts.dispatcher.ingress import IngressServer, events_from_request
+from flts.dispatcher.dedup import Written, seed, write_once
+from flts.dispatcher.ingress import IngressServer, NotInFlight, events_from_request
 from flts.dispatcher.producer import EventProducer, publish
 from flts.dispatcher.routes import Routes, Subscription, parse_targets, routes_from_table
 from flts.dispatcher.settings import DispatchSettings
@@ -59,6 +66,7 @@ class Dispatcher:
         self._stop = threading.Event()
         self.producer: EventProducer | None = None
         self.loops: list[ConsumerLoop] = []
+        self.written = Written()
         self._server: IngressServer | None = None
         self._server_thread: threading.Thread | None = None
 
@@ -71,16 +79,17 @@ class Dispatcher:
 
     def start(self, ingress: bool = True) -> Dispatcher:
         self.producer = EventProducer(self.settings.bootstrap_servers)
+        seed(self.written, self.settings.bootstrap_servers, sorted(set(self.routes.topics.values())))
         if ingress:  # bind first: a port in use fails before any consumer joins a group
             self._server = IngressServer((self.settings.ingress_host, self.settings.ingress_port), self)
             self._server_thread = threading.Thread(target=self._server.serve_forever, name="ingress", daemon=True)
             self._server_thread.start()
         for sub in self.routes.subscriptions:
-            loop = ConsumerLoop(sub, self.routes, self.settings, self.producer, self._stop)
+            loop = ConsumerLoop(sub, self.routes, self.settings, self.producer, self._stop, self.written)
             loop.start()
             self.loops.append(loop)
         log("dispatcher_started", ingress=self.ingress_url if ingress else None,
-            deployments=[s.deployment for s in self.routes.subscriptions])
+            deployments=[s.deployment for s in self.routes.subscriptions], keys_read_back=len(self.written))
         return self
 
     def stop(self, timeout: float = 15.0) -> None:
@@ -112,8 +121,13 @@ class Dispatcher:
                                                     "url": loop.sub.url, **vars(loop.stats)}
                               for loop in self.loops}}
 
-    def ingest(self, headers: Mapping[str, str], body: bytes) -> list[dict]:
-        """Write POSTed events to the topics of their types (all checked before any is written)."""
+    def ingest(self, headers: Mapping[str, str], body: bytes, sender: str | None = None) -> list[dict]:
+        """Write POSTed events to the topics of their types (all checked before any is written).
+
+        sender: the deployment that posted (its K_SINK path); its delivery in flight gives the
+        chain's root, and without one in flight the post is refused (NotInFlight).
+        """
+        root = None if sender is None else self._root_in_flight(sender)
         found = events_from_request(headers, body)
         planned = []
         for event in found:
@@ -123,10 +137,19 @@ class Dispatcher:
             planned.append((topic, event))
         accepted = []
         for topic, event in planned:
-            offset = self.producer.send_event(topic, event)
-            accepted.append({"id": event["id"], "type": event["type"], "topic": topic, "offset": offset})
-        log("ingress_accepted", events=[(a["type"], a["id"]) for a in accepted])
+            offset, duplicate = write_once(self.producer, self.written, topic, event, root)
+            accepted.append({"id": event["id"], "type": event["type"], "topic": topic, "offset": offset,
+                             "duplicate": duplicate})
+        log("ingress_accepted", sender=sender, events=[(a["type"], a["id"]) for a in accepted],
+            duplicates=[a["id"] for a in accepted if a["duplicate"]])
         return accepted
+
+    def _root_in_flight(self, sender: str) -> str:
+        root = next((loop.inflight_root for loop in self.loops if loop.sub.deployment == sender), None)
+        if root is None:
+            raise NotInFlight(f"no delivery to {sender!r} is in flight: this output belongs to a delivery the "
+                              f"dispatcher no longer waits for (its input is uncommitted and will come again)")
+        return root
 
 
 def main(env: Env | None = None) -> int:

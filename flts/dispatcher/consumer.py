@@ -4,9 +4,15 @@ At-least-once: auto-commit is off and a record's offset is committed only once i
 i.e. a 2xx (its reply events written to their topics first) or a dead letter written to
 `dlq-<topic>`. A message that is not a CloudEvent, or whose type the deployment does not
 take, is dead-lettered too: a poison message never blocks a topic.
+
+The loop outlives its errors: anything that escapes a poll or a settle closes the Kafka
+consumer and opens a new one after a pause (`dispatch_consumer_restart`); uncommitted records
+then come again from the last commit. A replayed dead letter (header `flts_replay_for`) is
+delivered to the deployment it names only; the others commit it and move on.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,12 +22,17 @@ import orjson
 
 from flts import routing
 from flts.dispatcher.codec import event_from_kafka
+from flts.dispatcher.deadletters import REPLAY_FOR_HEADER
+from flts.dispatcher.dedup import Written, root_of, write_once
 from flts.dispatcher.delivery import DeliveryResult, dead_letter_envelope, deliver, reply_events
 from flts.dispatcher.producer import EventProducer
 from flts.dispatcher.routes import Routes, Subscription
 from flts.dispatcher.settings import DispatchSettings
 from flts.events import EventError
 from flts.logs import error, log, warn
+
+RESTART_PAUSE_SEC = 2.0  # before a consumer that failed is opened again
+SESSION_TIMEOUT_MS = 10_000
 
 
 class _Stopping(Exception):
@@ -34,6 +45,7 @@ class LoopStats:
     dead_lettered: int = 0
     retried_records: int = 0
     replies: int = 0
+    restarts: int = 0  # the Kafka consumer failed and was opened again
     assigned: list[str] = field(default_factory=list)
     last_error: str | None = None
 
@@ -42,28 +54,47 @@ class ConsumerLoop(threading.Thread):
     """One deployment: poll one record, deliver it, settle it, commit; repeat."""
 
     def __init__(self, subscription: Subscription, routes: Routes, settings: DispatchSettings,
-                 producer: EventProducer, stop: threading.Event):
+                 producer: EventProducer, stop: threading.Event, written: Written | None = None):
         super().__init__(name=f"dispatch-{subscription.deployment}", daemon=True)
         self.sub, self.routes, self.settings = subscription, routes, settings
         self.producer, self.stop = producer, stop
+        self.written = written or Written()
+        self.inflight_root: str | None = None  # the chain root of the record being delivered (dedup, ingress)
         self.group = f"{settings.group_prefix}{subscription.deployment}"
         self.stats = LoopStats()
         self.settled: dict = {}  # TopicPartition -> OffsetAndMetadata of the last settled record
 
     def run(self) -> None:
-        consumer, client = self._open_consumer(), self._http_client()
+        client = self._http_client()
+        try:
+            while not self.stop.is_set():
+                try:
+                    self._consume(client)
+                except _Stopping:
+                    break
+                except Exception as exc:  # noqa: BLE001 - whatever it was, a fresh consumer goes on
+                    self.stats.restarts += 1
+                    self.stats.last_error = f"consumer: {type(exc).__name__}: {exc}"
+                    error("dispatch_consumer_restart", deployment=self.sub.deployment, error=self.stats.last_error,
+                          restarts=self.stats.restarts, pause=RESTART_PAUSE_SEC)
+                    self.stop.wait(RESTART_PAUSE_SEC)
+        finally:
+            client.close()
+            log("dispatch_consumer_stopped", deployment=self.sub.deployment)
+
+    def _consume(self, client: httpx.Client) -> None:
+        """One Kafka consumer's life: poll and settle until the dispatcher stops or something raises."""
+        consumer = self._open_consumer()
         log("dispatch_consumer_started", deployment=self.sub.deployment, group=self.group,
             topics=list(self.sub.topics), url=self.sub.url)
         try:
             while not self.stop.is_set():
                 self._poll_once(consumer, client)
-        except _Stopping:
-            pass
         finally:
+            self.stats.assigned = []
             self._final_commit(consumer)
-            consumer.close(autocommit=False)
-            client.close()
-            log("dispatch_consumer_stopped", deployment=self.sub.deployment)
+            with contextlib.suppress(Exception):  # a broken consumer may fail to close: it is dropped anyway
+                consumer.close(autocommit=False)
 
     def _open_consumer(self):
         from kafka import KafkaConsumer
@@ -77,6 +108,9 @@ class ConsumerLoop(threading.Thread):
             auto_offset_reset=self.settings.offset_reset,
             max_poll_records=1,  # one record in flight: a failure rewinds exactly one offset
             max_poll_interval_ms=self.settings.max_poll_interval_ms(),
+            # a killed dispatcher's partitions wait this long for their new consumer (45 s by default);
+            # heartbeats come from a background thread every 3 s, so a long delivery is not mistaken for it
+            session_timeout_ms=SESSION_TIMEOUT_MS,
         )
 
     def _http_client(self) -> httpx.Client:
@@ -111,13 +145,22 @@ class ConsumerLoop(threading.Thread):
             self.stats.last_error = f"{type(exc).__name__}: {exc}"
             error("dispatch_record_failed", deployment=self.sub.deployment, topic=record.topic,
                   offset=record.offset, error=self.stats.last_error)
-            consumer.seek(tp, record.offset)
+            self._rewind(consumer, tp, record.offset)
             self.stop.wait(self.settings.backoff_base)
             return
         # Asynchronous: the next record need not wait for the broker. A commit that is lost
         # (crash, rebalance) only means settled records come again: at-least-once still holds.
         self.settled[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
         consumer.commit_async({tp: self.settled[tp]}, callback=self._commit_done)
+
+    def _rewind(self, consumer, tp, offset: int) -> None:
+        """Poll this record again. If the partition was revoked meanwhile, seek fails: its new owner
+        starts from the last commit, which is before this record, so nothing is lost."""
+        try:
+            consumer.seek(tp, offset)
+        except Exception as exc:  # noqa: BLE001 - kafka-python raises IllegalStateError / AssertionError
+            warn("dispatch_seek_failed", deployment=self.sub.deployment, topic=tp.topic, partition=tp.partition,
+                 offset=offset, error=f"{type(exc).__name__}: {exc}")
 
     def _commit_done(self, offsets, result) -> None:
         if isinstance(result, Exception):
@@ -126,12 +169,12 @@ class ConsumerLoop(threading.Thread):
 
     def _final_commit(self, consumer) -> None:
         """On a clean stop, make sure what was settled is committed (fewer redeliveries)."""
-        owned = {tp: offset for tp, offset in self.settled.items() if tp in consumer.assignment()}
-        if owned:
-            try:
+        try:
+            owned = {tp: offset for tp, offset in self.settled.items() if tp in consumer.assignment()}
+            if owned:
                 consumer.commit(owned, timeout_ms=5000)
-            except Exception as exc:  # noqa: BLE001 - they will be redelivered: allowed
-                warn("dispatch_commit_failed", deployment=self.sub.deployment, error=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - they will be redelivered: allowed
+            warn("dispatch_commit_failed", deployment=self.sub.deployment, error=f"{type(exc).__name__}: {exc}")
 
     def settle(self, client: httpx.Client, record) -> None:
         """Deliver one record and write its replies or its dead letter; raises to leave it uncommitted."""
@@ -139,7 +182,11 @@ class ConsumerLoop(threading.Thread):
         if event is None:
             return
         started = time.perf_counter()
-        result = deliver(client, self.sub.url, event, self.settings, self.stop)
+        self.inflight_root = root_of(record.headers, event["id"])
+        try:
+            result = deliver(client, self.sub.url, event, self.settings, self.stop)
+        finally:
+            self.inflight_root = None  # from now on, a late post of this delivery is refused
         if result.interrupted:
             raise _Stopping()
         if result.attempts > 1:
@@ -150,7 +197,11 @@ class ConsumerLoop(threading.Thread):
         self._write_replies(record, event, result, started)
 
     def _taken_event(self, record):
-        """The record's event if this deployment takes it; otherwise it is dead-lettered and None."""
+        """The record's event if this deployment takes it; otherwise it is dead-lettered (or, a
+        replay for another deployment, passed by) and None."""
+        replay_for = dict(record.headers or []).get(REPLAY_FOR_HEADER)
+        if replay_for is not None and replay_for.decode("utf-8", "replace") != self.sub.deployment:
+            return None
         try:
             event = event_from_kafka(record.headers, record.value)
         except EventError as exc:
@@ -169,8 +220,9 @@ class ConsumerLoop(threading.Thread):
         except EventError as exc:  # the function worked but its answer cannot be routed
             self.dead_letter(record, event, f"bad reply: {exc}", result.attempts, result.status)
             return
+        root = root_of(record.headers, event["id"])
         for reply, topic in zip(replies, topics, strict=True):
-            self.producer.send_event(topic, reply)
+            write_once(self.producer, self.written, topic, reply, root)
         self.stats.delivered += 1
         self.stats.replies += len(replies)
         log("dispatch_delivered", deployment=self.sub.deployment, event_type=event["type"], event_id=event["id"],

@@ -3,6 +3,9 @@
 What a status means (2xx settled, 5xx/408/409/429 retried, any other status dead-lettered)
 is the shared rule of `flts.outcomes`. Retries wait `DISPATCH_BACKOFF_BASE_SEC · 2^(attempt-1)`,
 capped at DISPATCH_BACKOFF_MAX_SEC; a longer Retry-After wins, capped at DISPATCH_RETRY_AFTER_MAX_SEC.
+A refused connection (nothing listens: the function is down, or the supervisor is restarting it)
+is retried without using up DISPATCH_MAX_RETRIES: it is not the event's fault, so it must not
+make a dead letter; the event waits, uncommitted, until the function is back.
 
 Dead letters (value, JSON): `{"event": <structured CloudEvent> | null, "error", "attempts",
 "function", "timestamp", "status", "topic", "partition", "offset"}`, plus `"raw"` (the value as
@@ -21,6 +24,7 @@ from cloudevents import exceptions as ce_errors
 from cloudevents.conversion import to_binary
 from cloudevents.http import from_dict, from_http
 
+from flts.auth import bearer_header, event_token
 from flts.dispatcher.codec import BATCH_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE, check_attributes, structured_dict
 from flts.dispatcher.settings import DispatchSettings
 from flts.events import EventError
@@ -68,18 +72,25 @@ def retry_delay(attempt: int, retry_after: float | None, settings: DispatchSetti
 
 
 def deliver(client: httpx.Client, url: str, event, settings: DispatchSettings,
-            stop: threading.Event | None = None) -> DeliveryResult:
-    """POST one event (binary mode) until a 2xx, a final 4xx, or the retries run out."""
+            stop: threading.Event | None = None, token: str | None = None) -> DeliveryResult:
+    """POST one event (binary mode) until a 2xx, a final 4xx, or the retries run out.
+
+    With a token (default: this process's EVENT_TOKEN) it goes along as `Authorization: Bearer`.
+    """
     stop = stop or threading.Event()
     headers, body = to_binary(event)
-    attempt = 0
+    headers.update(bearer_header(event_token() if token is None else token))
+    attempt = failures = 0
     while True:
         attempt += 1
+        failures += 1
         retry_after = None
         try:
             response = client.post(url, headers=headers, content=body)
         except httpx.TransportError as exc:  # connection refused, reset, timed out: retried
             status, reason = None, f"connection error: {type(exc).__name__}: {exc}"
+            if isinstance(exc, httpx.ConnectError):  # nothing listens: not counted against the event
+                failures -= 1
         else:
             status = response.status_code
             outcome = outcome_of_status(status)
@@ -89,7 +100,7 @@ def deliver(client: httpx.Client, url: str, event, settings: DispatchSettings,
             if outcome is Outcome.DEAD_LETTER:
                 return DeliveryResult(attempt, status=status, error=reason)
             retry_after = retry_after_seconds(response.headers.get("retry-after"))
-        if attempt > settings.max_retries:
+        if failures > settings.max_retries:
             return DeliveryResult(attempt, status=status, error=f"gave up after {attempt} attempts: {reason}")
         delay = retry_delay(attempt, retry_after, settings)
         warn("dispatch_retry", url=url, event_id=event["id"], attempt=attempt, delay=round(delay, 3), error=reason)

@@ -1,8 +1,12 @@
 """The ingress (what functions use as K_SINK): POST a CloudEvent (binary, structured or batch)
 and it is written to the topic of its type before the 202 goes back.
 
+`POST /from/<deployment>` is the same, from that deployment (its K_SINK on the local stack):
+taken only while a delivery to it is in flight, 409 otherwise (`Dispatcher.ingest`).
+
 Also `GET /healthz` (per-consumer counters) and `GET /readyz` (200 once every consumer has its
 partitions). 503 + Retry-After when Kafka cannot take the events: the sender retries.
+With EVENT_TOKEN set, a POST needs `Authorization: Bearer <token>` (401 otherwise).
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import orjson
 from cloudevents import exceptions as ce_errors
 from cloudevents.http import from_dict, from_http
 
+from flts.auth import event_token, refusal
 from flts.dispatcher.codec import BATCH_CONTENT_TYPE, check_attributes
 from flts.events import MAX_EVENT_BYTES, EventError
 from flts.logs import error
@@ -21,6 +26,12 @@ from flts.outcomes import BAD_EVENT, TOO_LARGE
 
 MAX_BODY_BYTES = 4 * MAX_EVENT_BYTES  # a batch holds several events
 UNAVAILABLE = 503  # Kafka cannot take the events, or the consumers are not ready: come back later
+NOT_IN_FLIGHT = 409
+SENDER_PREFIX = "/from/"
+
+
+class NotInFlight(Exception):
+    """A deployment posted an output while no delivery to it is in flight."""
 
 
 class IngressBackend(Protocol):
@@ -30,7 +41,7 @@ class IngressBackend(Protocol):
 
     def ready(self) -> bool: ...
 
-    def ingest(self, headers: Mapping[str, str], body: bytes) -> list[dict]: ...
+    def ingest(self, headers: Mapping[str, str], body: bytes, sender: str | None = None) -> list[dict]: ...
 
 
 def events_from_request(headers: Mapping[str, str], body: bytes) -> list:
@@ -73,6 +84,15 @@ class _IngressHandler(BaseHTTPRequestHandler):
             self._reply(404, {"error": f"no route {self.path}; POST a CloudEvent to /"})
 
     def do_POST(self) -> None:  # noqa: N802
+        denied = refusal(self.headers.get("Authorization"), self.server.token)
+        if denied:  # the body stays unread: close the connection rather than parse past it
+            self.close_connection = True
+            return self._reply(401, {"error": denied})
+        path = self.path.split("?", 1)[0]
+        if path != "/" and not path.startswith(SENDER_PREFIX):
+            self.close_connection = True  # the body stays unread
+            return self._reply(404, {"error": f"no route {path}; POST a CloudEvent to / or /from/<deployment>"})
+        sender = path.removeprefix(SENDER_PREFIX).strip("/") or None if path != "/" else None
         length = self.headers.get("content-length")
         if length is None or not length.isdigit():
             return self._reply(411, {"error": "Content-Length is required"})
@@ -81,9 +101,11 @@ class _IngressHandler(BaseHTTPRequestHandler):
             return self._reply(TOO_LARGE, {"error": f"body of {length} bytes is over the limit of {MAX_BODY_BYTES}"})
         body = self.rfile.read(int(length))
         try:
-            accepted = self.server.backend.ingest(dict(self.headers.items()), body)
+            accepted = self.server.backend.ingest(dict(self.headers.items()), body, sender)
         except EventError as exc:
             return self._reply(BAD_EVENT, {"error": str(exc)})
+        except NotInFlight as exc:
+            return self._reply(NOT_IN_FLIGHT, {"error": str(exc)})
         except Exception as exc:  # noqa: BLE001 - Kafka unavailable: the sender should retry
             error("ingress_failed", error=f"{type(exc).__name__}: {exc}")
             return self._reply(UNAVAILABLE, {"error": f"could not write to Kafka: {type(exc).__name__}: {exc}"})
@@ -96,6 +118,8 @@ class _IngressHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         if status == UNAVAILABLE:
             self.send_header("Retry-After", "1")
+        if status == 401:
+            self.send_header("WWW-Authenticate", "Bearer")
         self.end_headers()
         self.wfile.write(data)
 
@@ -106,6 +130,7 @@ class _IngressHandler(BaseHTTPRequestHandler):
 class IngressServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address, backend: IngressBackend):
+    def __init__(self, address, backend: IngressBackend, token: str | None = None):
         self.backend = backend
+        self.token = event_token() if token is None else token  # EVENT_TOKEN of this process by default
         super().__init__(address, _IngressHandler)

@@ -8,7 +8,14 @@ from flts.dispatcher.codec import event_to_kafka
 from flts.dispatcher.routes import Routes
 from flts.events import MAX_EVENT_BYTES
 
-PRODUCE_TIMEOUT_SEC = 30.0
+# Bounded, so that an answer is the truth: the ingress says 202 only once Kafka has the event,
+# and 503 only once the producer has given it up (it will not be written later). Both come
+# before a function stops waiting for its K_SINK (10 s): otherwise it would retry an event
+# that does get written, a duplicate. The producer is idempotent: its own retries never duplicate.
+MAX_BLOCK_MS = 2000  # waiting for metadata / buffer space (Kafka unreachable)
+REQUEST_TIMEOUT_MS = 4000
+DELIVERY_TIMEOUT_MS = 5000  # from send() to the ack, retries included; then the send fails for good
+PRODUCE_TIMEOUT_SEC = (MAX_BLOCK_MS + DELIVERY_TIMEOUT_MS) / 1000 + 1.0
 
 
 class EventProducer:
@@ -18,13 +25,16 @@ class EventProducer:
         from kafka import KafkaProducer  # imported here: functions never need kafka-python
 
         self._producer = KafkaProducer(bootstrap_servers=bootstrap_servers, client_id=client_id, acks="all",
+                                       enable_idempotence=True, max_block_ms=MAX_BLOCK_MS,
+                                       request_timeout_ms=REQUEST_TIMEOUT_MS, delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
                                        max_request_size=4 * MAX_EVENT_BYTES)
 
-    def send_event(self, topic: str, event, wait: bool = True):
-        """The offset once the broker has it; with wait=False the future (call flush() later)."""
+    def send_event(self, topic: str, event, wait: bool = True, headers: list[tuple[str, bytes]] = ()):
+        """The offset once the broker has it; with wait=False the future (call flush() later).
+        `headers` are added to the CloudEvent's own (e.g. the replay's target deployment)."""
         message = event_to_kafka(event)
         key = message.key.encode() if isinstance(message.key, str) else message.key
-        return self.send_raw(topic, message.value, key, list(message.headers.items()), wait)
+        return self.send_raw(topic, message.value, key, [*message.headers.items(), *headers], wait)
 
     def send_raw(self, topic: str, value: bytes, key: bytes | None = None, headers=None, wait: bool = True):
         future = self._producer.send(topic, value=value, key=key, headers=headers or [])

@@ -51,10 +51,20 @@ def source_identity(bucket: str, key: str, raw: bytes) -> dict:
 
 # ---------------------------------------------------------------- pure data logic
 
+def check_size(size: int, settings: PreprocessSettings, name: str) -> None:
+    if size > settings.max_bytes:
+        raise DataError(f"{name}: {size} bytes is over the limit of {settings.max_bytes} (MAX_UPLOAD_BYTES)")
+
+
+def fetch_raw(store: ObjectStore, bucket: str, key: str, settings: PreprocessSettings) -> bytes:
+    """The raw file, refused by its size (a HEAD) before any byte of it is downloaded."""
+    check_size(store.size(bucket, key), settings, key)
+    return store.get_bytes(bucket, key)
+
+
 def read_csv(raw: bytes, settings: PreprocessSettings, name: str) -> pd.DataFrame:
     """Parse and check a raw CSV; every refusal names the file and the problem."""
-    if len(raw) > settings.max_bytes:
-        raise DataError(f"{name}: {len(raw)} bytes is over the limit of {settings.max_bytes} (MAX_UPLOAD_BYTES)")
+    check_size(len(raw), settings, name)  # the object may have grown since fetch_raw's stat
     if not raw.strip():
         raise DataError(f"{name}: the file is empty")
     try:
@@ -72,7 +82,7 @@ def read_csv(raw: bytes, settings: PreprocessSettings, name: str) -> pd.DataFram
     raw_times = frame[ts]
     frame[ts] = timeaxis.parse_times(raw_times, settings, name)
     timeaxis.check_time_order(frame[ts], raw_times, settings, name)
-    _check_numeric(frame, ts, name)
+    _check_numeric(frame, ts, settings.target, name)
     if settings.target not in frame.columns:
         raise DataError(f"{name}: no target column {settings.target!r}; set TARGET_COLUMN")
     if frame[settings.target].isna().all():
@@ -80,20 +90,23 @@ def read_csv(raw: bytes, settings: PreprocessSettings, name: str) -> pd.DataFram
     return frame.reset_index(drop=True)
 
 
-def _check_numeric(frame: pd.DataFrame, ts: str, name: str) -> None:
-    bad = []
+def _check_numeric(frame: pd.DataFrame, ts: str, target: str, name: str) -> None:
+    bad = {}
     for column in frame.columns:
         if column == ts:
             continue
         values = pd.to_numeric(frame[column], errors="coerce")
         not_numeric = values.isna() & frame[column].notna()
         if not_numeric.any():
-            bad.append(f"{column!r} (e.g. {frame[column][not_numeric].iloc[0]!r})")
+            bad[column] = f"{column!r} (e.g. {frame[column][not_numeric].iloc[0]!r})"
         else:
             # inf is a broken measurement, not a value: impute it like an empty cell
             frame[column] = values.astype("float64").replace([np.inf, -np.inf], np.nan)
+    if target in bad:  # the target cannot be dropped: DROP_COLUMNS would be the wrong hint
+        raise DataError(f"{name}: the target column {bad[target]} is not numeric; fix the data or set "
+                        f"TARGET_COLUMN to a numeric column")
     if bad:
-        raise DataError(f"{name}: non-numeric columns {', '.join(bad)}; drop them with DROP_COLUMNS")
+        raise DataError(f"{name}: non-numeric columns {', '.join(bad.values())}; drop them with DROP_COLUMNS")
     if len(frame.columns) < 2:
         raise DataError(f"{name}: no numeric column besides the timestamp")
 
@@ -250,11 +263,11 @@ def handle(event, env: Env) -> list:
 def preprocess(store: ObjectStore, request: DatasetReady, settings: PreprocessSettings) -> dict:
     """Run (or skip) preprocessing for one dataset and return its `.meta.json` claim."""
     started = time.perf_counter()
-    raw = store.get_bytes(request.bucket, request.object_key)
+    raw = fetch_raw(store, request.bucket, request.object_key, settings)
     sources = {"train": source_identity(request.bucket, request.object_key, raw)}
     raw_test = None
     if request.test_object_key:
-        raw_test = store.get_bytes(request.bucket, request.test_object_key)
+        raw_test = fetch_raw(store, request.bucket, request.test_object_key, settings)
         sources["test"] = source_identity(request.bucket, request.test_object_key, raw_test)
     config = build_active_config(settings, sources)
     digest = config_hash(config)

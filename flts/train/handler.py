@@ -98,6 +98,8 @@ def train(job: Job, env: Env) -> Outcome:
     settings, claim = job.settings, job.claim
     client = tracking.client(settings.tracking_uri)
     exp_id = tracking.experiment_id(client, job.experiment, settings.artifact_root)
+    # a run a killed trainer left RUNNING becomes KILLED; a live one's end is waited for (then found below)
+    tracking.settle_unfinished_runs(client, exp_id, settings.model_type, claim.config_hash)
     if settings.skip_duplicates:
         previous = tracking.find_finished_run(client, exp_id, settings.model_type, claim.config_hash)
         if previous is not None:
@@ -106,7 +108,7 @@ def train(job: Job, env: Env) -> Outcome:
             return Outcome(previous.info.run_id, tracking.summary_metrics(previous), deduplicated=True)
 
     tags = {"model_type": settings.model_type, "config_hash": claim.config_hash, "identifier": claim.identifier,
-            "function": FUNCTION}
+            "function": FUNCTION, tracking.OWNER_TAG: tracking.owner()}
     # The run exists before the data is read, so a failure of any kind is recorded against it.
     run_id = tracking.start_run(client, exp_id, f"{settings.model_type}-{claim.config_hash[:8]}", tags).info.run_id
     try:

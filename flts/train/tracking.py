@@ -4,11 +4,17 @@ MLflow takes ~1.6 s to import, so it is imported inside these functions only.
 """
 from __future__ import annotations
 
+import os
+import socket
+import time
 from pathlib import Path
 
 from flts.logs import log
 
 EPOCH_PREFIX = "epoch_"  # per-epoch series; not part of the run's summary metrics
+OWNER_TAG = "flts.owner"  # host:pid:process start time of the trainer that runs it
+LIVE_RUN_WAIT_SEC = 900.0  # longest wait for a live trainer's run of the same config to end
+LIVE_RUN_POLL_SEC = 2.0
 
 
 def client(tracking_uri: str):
@@ -88,3 +94,59 @@ def finish(mlflow_client, run_id: str, ok: bool, error: str | None = None) -> No
         mlflow_client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
     except Exception as exc:  # noqa: BLE001 - the FAILED event must still go out
         log("train_run_close_failed", level="warning", run_id=run_id, error=f"{type(exc).__name__}: {exc}")
+
+
+# --------------------------------------------------------------------------- runs a killed trainer left
+def _process_start(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot, /proc): a pid reused later has another."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def owner() -> str:
+    """This trainer process, as the run's OWNER_TAG records it."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_process_start(os.getpid())}"
+
+
+def owner_alive(value: str) -> bool | None:
+    """True/False when the owner is a process of this host; None when it cannot be told (another host)."""
+    host, _, rest = value.partition(":")
+    pid, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    return _process_start(int(pid)) == started
+
+
+def settle_unfinished_runs(mlflow_client, exp_id: str, model_type: str, config_hash: str) -> list[str]:
+    """Before training again (the event came again): a RUNNING run of this model type and config whose
+    trainer process is gone was killed mid-run, so it is marked KILLED; one whose trainer still runs
+    (a redelivery while the first delivery still trains) is waited for, so the caller finds it FINISHED.
+    A run of another host, or without the owner tag, is left alone. Returns the run ids marked KILLED."""
+    killed = []
+    for run in _running(mlflow_client, exp_id, model_type, config_hash):
+        alive = owner_alive(run.data.tags.get(OWNER_TAG, ""))
+        if alive is False:
+            mlflow_client.set_tag(run.info.run_id, "error", "its trainer process ended mid-run (killed); "
+                                                            "the event was delivered again")
+            mlflow_client.set_terminated(run.info.run_id, "KILLED")
+            log("train_run_killed", run_id=run.info.run_id, model_type=model_type, config_hash=config_hash)
+            killed.append(run.info.run_id)
+        elif alive:
+            _wait_until_ended(mlflow_client, run.info.run_id)
+    return killed
+
+
+def _running(mlflow_client, exp_id: str, model_type: str, config_hash: str) -> list:
+    return mlflow_client.search_runs(
+        [exp_id], filter_string=(f"tags.model_type = '{model_type}' and tags.config_hash = '{config_hash}' "
+                                 f"and attributes.status = 'RUNNING'"))
+
+
+def _wait_until_ended(mlflow_client, run_id: str) -> None:
+    log("train_wait_for_live_run", run_id=run_id)
+    deadline = time.monotonic() + LIVE_RUN_WAIT_SEC
+    while mlflow_client.get_run(run_id).info.status == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(LIVE_RUN_POLL_SEC)

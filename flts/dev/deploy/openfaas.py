@@ -11,6 +11,12 @@ scale to zero and the probe annotations (readiness `com.openfaas.ready.http.*`, 
 OpenFaaS CE has no Kafka connector: the project's dispatcher (flts/dispatcher/) is the
 trigger. It consumes each deployment's topics and POSTs the events to the gateway, and its
 HTTP ingress is every function's K_SINK (outputs go to the topic of their type).
+
+Event authentication (EVENT_TOKEN, flts.auth): on CE every function mounts the secret
+`event-token` (index.py turns it into EVENT_TOKEN), so its `POST /` requires the token and its
+outputs to K_SINK carry it; the dispatcher reads the same value from the Kubernetes Secret
+`flts-event-token` (optional: without it the dispatcher neither sends nor requires a token).
+Pro's Kafka connector cannot send a bearer token, so Pro's functions get no event-token.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import shutil
 from pathlib import Path
 
 from flts import __version__, routing
+from flts.auth import EVENT_TOKEN_VAR
 from flts.dev import REPO
 from flts.dev.deploy.cluster import (
     APP_UID,
@@ -57,6 +64,7 @@ DISPATCHER_NAMESPACE = "openfaas"
 DISPATCHER_PORT = 18090
 GATEWAY_IN_CLUSTER = "http://gateway.openfaas.svc.cluster.local:8080"
 DISPATCHER_URL = f"http://{DISPATCHER}.{DISPATCHER_NAMESPACE}.svc.cluster.local:{DISPATCHER_PORT}/"
+EVENT_TOKEN_SECRET = "flts-event-token"  # the dispatcher's copy (namespace openfaas), key EVENT_TOKEN
 
 
 # --------------------------------------------------------------------------- stack.yml
@@ -85,6 +93,12 @@ def _pro_annotations(d: Deployment) -> dict[str, str]:
     }
 
 
+def _secrets(spec: FunctionSpec, edition: Edition) -> list[str]:
+    # CE: the dispatcher delivers with EVENT_TOKEN, so every function can require it. Pro's Kafka
+    # connector sends no Authorization header: a function requiring the token would refuse it all.
+    return [*spec.secrets, EVENT_TOKEN_VAR] if edition is Edition.CE else list(spec.secrets)
+
+
 def openfaas_function(d: Deployment, options: RenderOptions = DEFAULTS) -> dict:
     spec, capacity = d.spec, d.spec.capacity
     timeout = f"{capacity.timeout_seconds + WATCHDOG_GRACE}s"
@@ -100,7 +114,7 @@ def openfaas_function(d: Deployment, options: RenderOptions = DEFAULTS) -> dict:
         "image": image(d.function, options.registry),
         "build_args": {"FLTS_FUNCTION": spec.name},  # index.py starts the server its spec names
         "environment": environment,
-        "secrets": [secret_file_name(k) for k in spec.secrets],
+        "secrets": [secret_file_name(k) for k in _secrets(spec, options.openfaas_edition)],
         "labels": _labels(capacity, options.openfaas_edition),
         "requests": {"cpu": capacity.requests["cpu"], "memory": capacity.requests["memory"]},
         "limits": {"cpu": capacity.limits["cpu"], "memory": capacity.limits["memory"]},
@@ -143,7 +157,11 @@ def dispatcher_objects(registry: str = REGISTRY) -> list[dict]:
         "name": "dispatcher",
         "image": dispatcher_image(registry),
         "ports": [{"name": "http", "containerPort": DISPATCHER_PORT}],
-        "env": [{"name": k, "value": v} for k, v in _dispatcher_env().items()],
+        "env": [{"name": k, "value": v} for k, v in _dispatcher_env().items()] + [
+            # optional: a Pro install (whose functions cannot require the token) leaves the Secret out
+            {"name": EVENT_TOKEN_VAR, "valueFrom": {"secretKeyRef": {"name": EVENT_TOKEN_SECRET, "key": EVENT_TOKEN_VAR,
+                                                                      "optional": True}}},
+        ],
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": DISPATCHER_PORT}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": DISPATCHER_PORT}, "periodSeconds": 10},
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}},

@@ -29,7 +29,10 @@ from flts.dev.infra.config import (
     S3Credentials,
     client_env,
     ephemeral_config,
+    event_token,
     free_port_pair,
+    function_env,
+    function_s3_credentials,
     kafka_bootstrap,
     mlflow_backend_uri,
     mlflow_uri,
@@ -43,13 +46,14 @@ from flts.dev.infra.lifecycle import start_all, status, stop_all
 from flts.dev.infra.mlflow import ARTIFACTS_DESTINATION as MLFLOW_ARTIFACTS_DESTINATION
 from flts.dev.infra.mlflow import start_mlflow
 from flts.dev.infra.postgres import start_postgres
-from flts.dev.infra.s3 import create_buckets, start_s3
+from flts.dev.infra.s3 import GRANTS, create_buckets, start_s3
 from flts.dev.infra.service import stop_service
 
 __all__ = [
-    "DEFAULT_BUCKETS", "DEFAULT_TOPICS", "MLFLOW_ARTIFACTS_DESTINATION", "SERVICES",
+    "DEFAULT_BUCKETS", "DEFAULT_TOPICS", "GRANTS", "MLFLOW_ARTIFACTS_DESTINATION", "SERVICES",
     "InfraConfig", "InfraError", "S3Credentials",
-    "client_env", "create_buckets", "create_topics", "ephemeral_config", "free_port_pair", "kafka_bootstrap",
+    "client_env", "create_buckets", "create_topics", "ephemeral_config", "event_token", "free_port_pair",
+    "function_env", "function_s3_credentials", "kafka_bootstrap",
     "main", "mlflow_backend_uri", "mlflow_uri", "pg_dsn", "pg_password", "s3_credentials", "s3_endpoint",
     "start_all", "start_kafka", "start_mlflow", "start_postgres", "start_s3", "status", "stop_all",
     "stop_service",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from flts import routing
+from flts.auth import EVENT_TOKEN_VAR
 from flts.dev import REPO, processes
 
 DEFAULT_TOPICS = routing.all_topics()  # every event type's topic and its dlq-<topic>
@@ -108,27 +109,49 @@ def ensure_state_dir(cfg: InfraConfig) -> None:
 
 
 # --------------------------------------------------------------------------- credentials
-def ensure_secrets(cfg: InfraConfig) -> dict:
-    """Generated once per state dir, stored 0600 in ``<state>/credentials.json``."""
-    path = cfg.state_dir / "credentials.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    ensure_state_dir(cfg)
-    data = {
+def _generated() -> dict:
+    accounts = {f"s3_account_{spec.name}": [f"flts-{spec.name}", secrets.token_hex(20)] for spec in routing.SPECS}
+    return {
         "s3_access_key": "flts" + secrets.token_hex(8),
         "s3_secret_key": secrets.token_hex(20),
         "pg_password": secrets.token_hex(16),
+        "event_token": secrets.token_hex(24),  # EVENT_TOKEN: every event endpoint of the stack requires it
+        **accounts,  # each function's own S3 account (flts.dev.infra.s3.GRANTS says what it may do)
     }
-    tmp = path.with_suffix(".tmp")
+
+
+def ensure_secrets(cfg: InfraConfig) -> dict:
+    """Generated once per state dir, stored 0600 in ``<state>/credentials.json``.
+
+    A file from an older version keeps its values and gains the keys it lacks.
+    """
+    path = cfg.state_dir / "credentials.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        missing = {k: v for k, v in _generated().items() if k not in data}
+        if not missing:
+            return data
+        _write_private(path, {**data, **missing}, replace=True)
+        return json.loads(path.read_text())
+    ensure_state_dir(cfg)
+    _write_private(path, _generated(), replace=False)
+    return json.loads(path.read_text())
+
+
+def _write_private(path: Path, data: dict, replace: bool) -> None:
+    """Write `data` as a 0600 file; without `replace`, a file another process made first wins."""
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh, indent=1)
+    if replace:
+        os.replace(tmp, path)
+        return
     try:  # another process may have won the race: keep its file
         os.link(tmp, path)
     except FileExistsError:
         pass
     tmp.unlink(missing_ok=True)
-    return json.loads(path.read_text())
 
 
 def s3_credentials(cfg: InfraConfig) -> S3Credentials:
@@ -137,8 +160,35 @@ def s3_credentials(cfg: InfraConfig) -> S3Credentials:
     return S3Credentials(s["s3_access_key"], s["s3_secret_key"])
 
 
+def function_s3_credentials(cfg: InfraConfig, function: str) -> S3Credentials:
+    """The S3 account of one function (flts.dev.infra.s3 creates it and grants what it needs)."""
+    return S3Credentials(*ensure_secrets(cfg)[f"s3_account_{function}"])
+
+
+def iam_dir(cfg: InfraConfig) -> Path:
+    """versitygw's internal IAM (its accounts); only a server started with it has per-function accounts."""
+    return cfg.service_dir("s3") / "iam"
+
+
+def function_env(cfg: InfraConfig, function: str) -> dict[str, str]:
+    """What a function process gets over client_env: its own S3 account, where the server has one.
+
+    An S3 server without accounts (s3proxy, or a versitygw started before they existed) leaves
+    the root credentials of client_env in place.
+    """
+    if not iam_dir(cfg).is_dir():
+        return {}
+    creds = function_s3_credentials(cfg, function)
+    return {"S3_ACCESS_KEY": creds.access_key, "S3_SECRET_KEY": creds.secret_key}
+
+
 def pg_password(cfg: InfraConfig) -> str:
     return ensure_secrets(cfg)["pg_password"]
+
+
+def event_token(cfg: InfraConfig) -> str:
+    """The stack's EVENT_TOKEN (flts.auth): the functions and the dispatcher's ingress require it."""
+    return ensure_secrets(cfg)["event_token"]
 
 
 # --------------------------------------------------------------------------- endpoints
@@ -177,6 +227,7 @@ def client_env(cfg: InfraConfig) -> dict[str, str]:
         "S3_SECRET_KEY": creds.secret_key,
         "S3_SECURE": "0",
         "MLFLOW_TRACKING_URI": mlflow_uri(cfg),
+        EVENT_TOKEN_VAR: event_token(cfg),  # every process of `flts up` sends and checks it
     }
 
 

@@ -1,13 +1,43 @@
-"""The S3 server: versitygw on a posix folder (s3proxy, a Java jar, as the fallback)."""
+"""The S3 server: versitygw on a posix folder (s3proxy, a Java jar, as the fallback).
+
+Least privilege (versitygw only): the server runs its internal IAM (`--iam-dir`), every
+function gets an account of its own (role `user`: it owns no bucket, so it may do nothing a
+bucket policy does not grant), and each bucket's policy grants each function what GRANTS
+says. The root account stays with the infrastructure: creating buckets, MLflow's artifact
+store, `flts upload`. s3proxy has no accounts: there every function uses the root credentials.
+"""
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 from flts.dev import processes
 from flts.dev.infra import service
-from flts.dev.infra.config import InfraConfig, InfraError, S3Credentials, s3_credentials, s3_endpoint, say
+from flts.dev.infra.config import (
+    InfraConfig,
+    InfraError,
+    S3Credentials,
+    function_s3_credentials,
+    iam_dir,
+    s3_credentials,
+    s3_endpoint,
+    say,
+)
+
+READ, WRITE = "read", "write"  # write includes read: a function checks what it already wrote
+# Function → bucket → access; anything not listed is refused (AccessDenied). Train reads and
+# writes model artifacts through the MLflow server (proxied artifacts), never the mlflow bucket.
+GRANTS: dict[str, dict[str, str]] = {
+    "preprocess": {"raw-data": READ, "processed-data": WRITE},
+    "train": {"processed-data": READ},
+    "eval": {"processed-data": READ, "model-promotion": WRITE},
+    "infer": {"model-promotion": READ, "processed-data": READ, "inference-logs": WRITE},
+}
+_BUCKET_ACTIONS = ["s3:ListBucket", "s3:GetBucketLocation"]  # list, HEAD bucket, the SDK's region lookup
+_OBJECT_ACTIONS = {READ: ["s3:GetObject"], WRITE: ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"]}
 
 
 def _client(cfg: InfraConfig, creds: S3Credentials | None = None):
@@ -48,7 +78,10 @@ def _server_cmd(cfg: InfraConfig, creds: S3Credentials) -> tuple[list[str], dict
     s3proxy = cfg.cache_dir / "s3proxy" / "s3proxy.jar"
     impl = os.environ.get("FLTS_S3_SERVER", "")
     if impl != "s3proxy" and vgw.exists():
-        cmd = [str(vgw), "--port", f"{cfg.host}:{cfg.s3_port}", "--region", "us-east-1", "posix"]
+        iam = iam_dir(cfg)
+        iam.mkdir(mode=0o700, exist_ok=True)  # the accounts' secrets live here
+        cmd = [str(vgw), "--port", f"{cfg.host}:{cfg.s3_port}", "--region", "us-east-1", "--iam-dir", str(iam),
+               "posix"]
         if not _xattr_supported(data):  # versitygw keeps object metadata in xattrs, else in a sidecar dir
             (sdir / "meta").mkdir(exist_ok=True)
             cmd += ["--sidecar", str(sdir / "meta")]
@@ -78,6 +111,8 @@ def start_s3(cfg: InfraConfig) -> int:
     pid = service.ensure_started(cfg, "s3", f"http://{s3_endpoint(cfg)}", lambda: probe(cfg),
                                  [(cfg.s3_port, "FLTS_S3_PORT")], lambda: _launch(cfg))
     create_buckets(cfg)
+    if iam_dir(cfg).is_dir():
+        grant_functions(cfg)
     return pid
 
 
@@ -99,3 +134,43 @@ def create_buckets(cfg: InfraConfig, names: list[str] | None = None) -> list[str
     if made:
         say(f"s3: created buckets {', '.join(made)}")
     return made
+
+
+def bucket_policies(cfg: InfraConfig) -> dict[str, dict]:
+    """Bucket → its policy: one statement pair per function GRANTS lets in."""
+    policies: dict[str, dict] = {}
+    for function, buckets in GRANTS.items():
+        principal = {"AWS": [function_s3_credentials(cfg, function).access_key]}
+        for bucket, access in buckets.items():
+            statements = policies.setdefault(bucket, {"Version": "2012-10-17", "Statement": []})["Statement"]
+            statements += [
+                {"Sid": f"{function}-bucket", "Effect": "Allow", "Principal": principal,
+                 "Action": _BUCKET_ACTIONS, "Resource": [f"arn:aws:s3:::{bucket}"]},
+                {"Sid": f"{function}-objects-{access}", "Effect": "Allow", "Principal": principal,
+                 "Action": _OBJECT_ACTIONS[access], "Resource": [f"arn:aws:s3:::{bucket}/*"]},
+            ]
+    return policies
+
+
+def grant_functions(cfg: InfraConfig) -> None:
+    """Create each function's account (idempotent) and put every bucket's policy."""
+    for function in GRANTS:
+        _create_account(cfg, function_s3_credentials(cfg, function))
+    client = _client(cfg)
+    for bucket, policy in bucket_policies(cfg).items():
+        if not client.bucket_exists(bucket):
+            client.make_bucket(bucket)
+        client.set_bucket_policy(bucket, json.dumps(policy))
+
+
+def _create_account(cfg: InfraConfig, account: S3Credentials) -> None:
+    """`versitygw admin create-user` (the server's admin API); an existing account is kept."""
+    root = s3_credentials(cfg)
+    command = [str(cfg.cache_dir / "bin" / "versitygw"), "admin", "--endpoint-url", f"http://{s3_endpoint(cfg)}",
+               "create-user", "--access", account.access_key, "--secret", account.secret_key, "--role", "user"]
+    # the admin's own credentials by environment; the new account's secret has to be an argument
+    env = {**os.environ, "ADMIN_ACCESS_KEY": root.access_key, "ADMIN_SECRET_KEY": root.secret_key}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+    output = done.stdout + done.stderr
+    if done.returncode != 0 and "XAdminUserExists" not in output:
+        raise InfraError(f"s3: cannot create the account {account.access_key}: {output.strip()}")
