@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flts.metrics import TargetScale, regression_metrics
+from flts.metrics import TargetScale, regression_metrics, window_half_widths
 from flts.plots import draw_forecast
 
 BETTER_BY = 0.05  # "clearly better": at least 5 % below the best peer's NRMSE
@@ -42,14 +42,17 @@ class Case:
     facts: dict  # what the JSON and the table header say about the rows scored
     rows: list[Row] = field(default_factory=list)
     paper: dict | None = None  # LTE h = 1: NRMSE on the paper's windows, and the paper's figures
-    intervals: dict | None = None  # the promoted model's (the pointer's), drawn in the plot
+    bands: list | None = None  # the promoted model's intervals, per level its half-widths [windows, steps]
 
-    def add(self, row: Row, intervals: dict | None = None) -> None:
+    def add(self, row: Row, intervals: dict | None = None, scales: np.ndarray | None = None) -> None:
+        """A row and its metrics; with the pointer's intervals (and the windows' local scales, when
+        the intervals are scaled), their coverage and width too."""
         if row.forecast is not None:
             row.metrics = score(self.truth, row.forecast, self.scale)
             if intervals:
-                row.metrics.update(interval_metrics(self.truth, row.forecast, intervals))
-                self.intervals = intervals
+                half = window_half_widths(intervals, scales)[:, :, :self.truth.shape[1]]
+                row.metrics.update(interval_metrics(self.truth, row.forecast, intervals["levels"], half))
+                self.bands = list(zip(intervals["levels"], half, strict=True))
         self.rows.append(row)
 
     @property
@@ -83,14 +86,13 @@ def score(truth: np.ndarray, forecast: np.ndarray, scale: TargetScale) -> dict:
             "interval_levels": None, "interval_coverage": None, "interval_width": None}
 
 
-def interval_metrics(truth: np.ndarray, forecast: np.ndarray, intervals: dict) -> dict:
-    """Per level of the pointer's intervals (forecast ± half_widths[level][step]): the share of
-    targets inside, and the mean width relative to mean(y)."""
-    half = np.asarray(intervals["half_widths"], np.float64)[:, :truth.shape[1]]  # [levels, steps]
-    inside = np.abs(truth - forecast)[None, :, :] <= half[:, None, :]
-    return {"interval_levels": list(intervals["levels"]),
+def interval_metrics(truth: np.ndarray, forecast: np.ndarray, levels: list[float], half: np.ndarray) -> dict:
+    """Per level (forecast ± half [levels, windows, steps]): the share of targets inside, and the
+    mean width relative to mean(y)."""
+    inside = np.abs(truth - forecast)[None, :, :] <= half
+    return {"interval_levels": list(levels),
             "interval_coverage": inside.mean(axis=(1, 2)).tolist(),
-            "interval_width": (2 * half.mean(axis=1) / truth.mean()).tolist()}
+            "interval_width": (2 * half.mean(axis=(1, 2)) / truth.mean()).tolist()}
 
 
 def mape(truth: np.ndarray, forecast: np.ndarray) -> float:
@@ -197,7 +199,8 @@ def plot_dataset(cases: list[Case], path: Path, day_steps: int) -> None:
     last = PLOT_DAYS * day_steps
     for ax, case in zip(axes[:, 0], cases, strict=True):
         times, promoted, peer = case.times.iloc[-last:], case.promoted, case.best_peer
-        draw_forecast(ax, times, case.truth[-last:, -1], promoted.forecast[-last:, -1], case.intervals,
+        bands = [(level, half[-last:, -1]) for level, half in case.bands or []]
+        draw_forecast(ax, times, case.truth[-last:, -1], promoted.forecast[-last:, -1], bands,
                       f"{promoted.name} (NRMSE, all steps: {promoted.metrics['nrmse']:.3f})")
         ax.plot(times, peer.forecast[-last:, -1], color="tab:orange", lw=0.8, ls="--",
                 label=f"peer {peer.name} (NRMSE, all steps: {peer.metrics['nrmse']:.3f})")

@@ -53,14 +53,15 @@ def _predict(args) -> int:
 
     import orjson
 
+    from flts.auth import bearer_header
     from flts.dev.forecast import last_rows, request_body
 
     base = args.url.rstrip("/")
     try:
         rows = args.rows or _history_rows(base, args.timeout)
         body = request_body(last_rows(Path(args.csv), rows), args.timestamp_column)
-        request = urllib.request.Request(base + "/predict", data=orjson.dumps(body),
-                                         headers={"Content-Type": "application/json"}, method="POST")
+        headers = {"Content-Type": "application/json", **bearer_header(os.environ.get("PREDICT_API_KEY", ""))}
+        request = urllib.request.Request(base + "/predict", data=orjson.dumps(body), headers=headers, method="POST")
         with urllib.request.urlopen(request, timeout=args.timeout) as response:
             answer = orjson.loads(response.read())
     except urllib.error.HTTPError as exc:  # a 4xx/5xx carries the reason in its JSON body
@@ -94,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "(default: short text lines from WARNING up; LOG_FORMAT and LOG_LEVEL override)")
     demo.set_defaults(func=_demo)
 
-    predict = sub.add_parser("predict", help="forecast from the last rows of a CSV with a running infer (POST /predict)")
+    predict = sub.add_parser("predict", help="forecast from the last rows of a CSV with a running infer (POST /predict; "
+                                             "sends $PREDICT_API_KEY as a bearer token when set)")
     predict.add_argument("csv", help="a CSV with the timestamp and the model's feature columns")
     predict.add_argument("--url", default="http://127.0.0.1:18105", help="infer's base URL (default: the local stack's)")
     predict.add_argument("--rows", type=int, default=None,

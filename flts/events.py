@@ -73,10 +73,14 @@ class ModelTraining(_Data):
 
 class PredictionIntervals(_Data):
     """Split-conformal intervals: at `levels[i]`, the true value lies within forecast ± half_widths[i][h]
-    at horizon step h+1 (absolute residuals of the validation windows, original units)."""
+    (× the window's scale when scale_rows > 0) at horizon step h+1, from the validation windows' residuals."""
 
     levels: list[float] = Field(min_length=1)
     half_widths: list[list[float]] = Field(min_length=1)
+    # 0: half_widths are in the target's units. K > 0: they multiply the window's local scale, the
+    # mean |one-step change| of its last K+1 target values (flts.metrics.recent_change), so the
+    # interval widens when the series turns volatile (normalised conformal).
+    scale_rows: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _one_row_per_level(self) -> PredictionIntervals:

@@ -61,6 +61,20 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, scale: TargetScal
     return metrics
 
 
+def recent_change(rows: np.ndarray) -> np.ndarray:
+    """The local scale of normalised intervals: the mean absolute one-step change of the last
+    axis ([..., K+1] target values → [...]), floored at 0.1 % of their mean magnitude so that a
+    flat stretch does not shrink an interval to nothing. numpy only: infer computes it per request."""
+    rows = np.asarray(rows, np.float64)
+    change = np.mean(np.abs(np.diff(rows, axis=-1)), axis=-1)
+    return np.maximum(change, 1e-3 * np.mean(np.abs(rows), axis=-1) + 1e-12)
+
+
+def window_scales(series: np.ndarray, origins: np.ndarray, rows: int) -> np.ndarray:
+    """recent_change of the `rows` + 1 values of `series` before each origin (fewer at its start)."""
+    return np.array([recent_change(series[max(0, o - rows - 1):o]) for o in origins])
+
+
 def conformal_half_widths(y_true: np.ndarray, y_pred: np.ndarray, levels: list[float]) -> list[list[float]]:
     """Split-conformal interval half-widths per level and horizon step, original units.
 
@@ -74,3 +88,25 @@ def conformal_half_widths(y_true: np.ndarray, y_pred: np.ndarray, levels: list[f
     if n == 0:
         raise ValueError("no held-out windows to calibrate intervals on")
     return [residuals[min(n, math.ceil((n + 1) * level)) - 1].tolist() for level in levels]
+
+
+def window_half_widths(intervals: dict, scales: np.ndarray) -> np.ndarray:
+    """[levels, windows, steps]: a pointer's half-widths for each window (× its local scale when the
+    intervals are scaled; `scales` [windows], e.g. ScoringFrame.window_scales)."""
+    half = np.asarray(intervals["half_widths"], np.float64)[:, None, :]
+    if intervals.get("scale_rows"):
+        return half * np.asarray(scales, np.float64)[None, :, None]
+    return np.repeat(half, len(scales), axis=1)
+
+
+def conformal_intervals(truth: np.ndarray, forecast: np.ndarray, levels: list[float], series: np.ndarray,
+                        scale_rows: int) -> dict:
+    """The intervals of a pointer (events.PredictionIntervals) from held-out windows that end the series
+    (validation windows end the training split): conformal half-widths per level and step; with
+    scale_rows, of the residuals divided by each window's local scale (window_scales), which infer
+    computes per request from the history it is sent."""
+    if scale_rows:
+        origins = len(series) - truth.shape[1] - len(truth) + 1 + np.arange(len(truth))
+        scales = window_scales(series, origins, scale_rows)[:, None]
+        truth, forecast = truth / scales, forecast / scales
+    return {"levels": levels, "half_widths": conformal_half_widths(truth, forecast, levels), "scale_rows": scale_rows}

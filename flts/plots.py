@@ -10,23 +10,20 @@ import numpy as np
 PLOT_FILE = "forecast_vs_actual.png"
 
 
-def draw_forecast(ax, times, actual: np.ndarray, forecast: np.ndarray, intervals: dict | None, label: str) -> None:
-    """One panel: the actual values, the forecast, and a band per interval level (the step's half-width).
+def draw_forecast(ax, times, actual: np.ndarray, forecast: np.ndarray, bands: list, label: str) -> None:
+    """One panel: the actual values, the forecast, and a band per interval level.
 
-    actual/forecast [rows]: one forecast step of consecutive windows; intervals: the pointer's
-    {"levels": [...], "half_widths": [[per step], ...]}, the half-width of this step taken (the last step's)."""
+    actual/forecast [rows]: one forecast step of consecutive windows; bands: (level, half-width
+    [rows] of that step, flts.metrics.window_half_widths)."""
     ax.plot(times, actual, color="black", lw=1.0, label="actual")
     ax.plot(times, forecast, color="tab:blue", lw=1.0, label=label)
-    if intervals:
-        steps = len(intervals["half_widths"][0])
-        for level, widths in sorted(zip(intervals["levels"], intervals["half_widths"], strict=True), reverse=True):
-            half = widths[steps - 1]
-            ax.fill_between(times, forecast - half, forecast + half, color="tab:blue", alpha=0.12 + 0.1 * (level < 0.9),
-                            lw=0, label=f"{level:.0%} interval")
+    for level, half in sorted(bands, key=lambda band: band[0], reverse=True):
+        ax.fill_between(times, forecast - half, forecast + half, color="tab:blue", alpha=0.12 + 0.1 * (level < 0.9),
+                        lw=0, label=f"{level:.0%} interval")
     ax.legend(fontsize=8, loc="upper left")
 
 
-def save_forecast_plot(path: Path, times, actual: np.ndarray, forecast: np.ndarray, intervals: dict | None,
+def save_forecast_plot(path: Path, times, actual: np.ndarray, forecast: np.ndarray, bands: list,
                        label: str, title: str) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -34,7 +31,7 @@ def save_forecast_plot(path: Path, times, actual: np.ndarray, forecast: np.ndarr
     figure = Figure(figsize=(12, 3.6), dpi=100)
     FigureCanvasAgg(figure)
     ax = figure.add_subplot()
-    draw_forecast(ax, times, actual, forecast, intervals, label)
+    draw_forecast(ax, times, actual, forecast, bands, label)
     ax.set_title(title, fontsize=10)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

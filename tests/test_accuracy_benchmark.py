@@ -57,7 +57,7 @@ def test_mape_skips_zero_targets_and_intervals_count_targets_inside(repo, monkey
     truth = np.array([[0.0, 10.0], [20.0, 40.0]])
     forecast = np.array([[5.0, 11.0], [18.0, 40.0]])
     assert mape(truth, forecast) == pytest.approx((10 + 10 + 0) / 3)  # the zero target is left out
-    intervals = {"levels": [0.5, 0.9], "half_widths": [[1.0, 0.5], [5.0, 2.0]]}
-    figures = interval_metrics(truth, forecast, intervals)
+    half = np.repeat(np.array([[1.0, 0.5], [5.0, 2.0]])[:, None, :], 2, axis=1)  # [levels, windows, steps]
+    figures = interval_metrics(truth, forecast, [0.5, 0.9], half)
     assert figures["interval_coverage"] == [0.25, 1.0]  # |errors| 5, 1, 2, 0 against the half-widths per step
     assert figures["interval_width"] == pytest.approx([2 * 0.75 / 17.5, 2 * 3.5 / 17.5])

@@ -145,6 +145,7 @@ def test_rnn_run_logs_the_contract_and_scores_the_served_graph(env, lte_dir, tmp
         "frequency_seconds": 120.0, "config_hash": HASH, "model_type": model_type,
     }
     assert intervals["levels"] == [0.8, 0.95] and 0 < intervals["half_widths"][0][0] <= intervals["half_widths"][1][0]
+    assert intervals["scale_rows"] == 168  # multiples of the window's recent change (INTERVAL_SCALE_ROWS)
 
     # Raw test windows in, original units out: rescoring the downloaded graph gives the logged metrics.
     session = ort.InferenceSession(str(download(env, data["run_id"], f"{model_type}/model.onnx", tmp_path)))

@@ -162,6 +162,35 @@ def test_conformal_intervals_cover_new_data_at_their_level(level):
     assert np.all(np.abs(coverage - level) < 0.02), coverage
 
 
+def test_scaled_intervals_follow_a_change_of_volatility_that_fixed_ones_miss():
+    """Noise whose scale shifts between calibration (quiet) and new data (volatile), visible in the
+    series' recent changes: intervals scaled by recent_change keep their coverage, fixed ones do not."""
+    from flts.metrics import conformal_intervals, window_half_widths, window_scales
+
+    rng = np.random.default_rng(3)
+    sigma = np.repeat([1.0, 1.0, 4.0], 3000)  # calibration ends at 6000; the new data is 4x as volatile
+    series = 100 + rng.normal(0, sigma)
+    forecast = np.full(len(series), 100.0)  # the level, known: the residuals are the noise
+    rows, calibration = 168, slice(3000, 6000)
+    truth, pred = series[calibration, None], forecast[calibration, None]
+    fixed = conformal_intervals(truth, pred, [0.8], series[:6000], 0)
+    scaled = conformal_intervals(truth, pred, [0.8], series[:6000], rows)
+    assert scaled["scale_rows"] == rows and fixed["scale_rows"] == 0
+    new = np.arange(6200, 9000)  # windows whose recent rows lie in the volatile part
+    inside = {}
+    for name, intervals in (("fixed", fixed), ("scaled", scaled)):
+        half = window_half_widths(intervals, window_scales(series, new, rows))[0, :, 0]
+        inside[name] = np.mean(np.abs(series[new] - 100.0) <= half)
+    assert abs(inside["scaled"] - 0.8) < 0.03, inside
+    assert inside["fixed"] < 0.4, inside
+
+
+def test_recent_change_is_floored_on_a_flat_stretch():
+    from flts.metrics import recent_change
+
+    np.testing.assert_allclose(recent_change(np.array([[1.0, 3.0, 2.0], [5.0, 5.0, 5.0]])), [1.5, 0.005])
+
+
 def test_conformal_intervals_need_windows():
     from flts.metrics import conformal_half_widths
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from flts.forecasters.base import first_line
 from flts.logs import log
-from flts.metrics import TargetScale, conformal_half_widths, regression_metrics
+from flts.metrics import TargetScale, conformal_intervals, regression_metrics
 from flts.train.artifacts import VALIDATION
 
 MODEL_TYPE = "ENSEMBLE"
@@ -86,9 +86,13 @@ def signature(members: list[dict], intervals: dict, config_hash: str) -> dict:
             "members": [s["model_type"] for s in members]}
 
 
-def intervals_of(choice: Choice, member_signatures: list[dict]) -> dict:
-    levels = next((s["intervals"]["levels"] for s in member_signatures if s.get("intervals")), list(DEFAULT_LEVELS))
-    return {"levels": levels, "half_widths": conformal_half_widths(choice.val_truth, choice.val_forecast, levels)}
+def intervals_of(choice: Choice, member_signatures: list[dict], train_target: np.ndarray) -> dict:
+    """Conformal intervals of the mean's validation residuals, at the members' levels and scaled as
+    theirs are (the ensemble reads the target whenever a member does)."""
+    given = [s["intervals"] for s in member_signatures if s.get("intervals")]
+    levels = given[0]["levels"] if given else list(DEFAULT_LEVELS)
+    scale_rows = max((i.get("scale_rows", 0) for i in given), default=0)
+    return conformal_intervals(choice.val_truth, choice.val_forecast, levels, train_target, scale_rows)
 
 
 def val_metrics(choice: Choice) -> dict:

@@ -32,7 +32,7 @@ from flts.eval.settings import EvalSettings
 from flts.events import EventError, ModelTraining, PromotionPointer
 from flts.forecasters import ensemble as ensemble_format
 from flts.logs import error, log, warn
-from flts.metrics import WEIGHTS, TargetScale, regression_metrics
+from flts.metrics import WEIGHTS, TargetScale, regression_metrics, window_half_widths
 from flts.plots import PLOT_FILE, save_forecast_plot
 from flts.promotion import current_key, history_key
 from flts.settings import Env
@@ -314,7 +314,8 @@ def ensemble_candidate(client, scored: list[Scored], split: scoring.Split, reque
         return None
     members = [scored[i] for i in choice.members]
     signatures = [m.artifact.signature for m in members]
-    signature = ensemble.signature(signatures, ensemble.intervals_of(choice, signatures), request.config_hash)
+    intervals = ensemble.intervals_of(choice, signatures, split.train[target].to_numpy(np.float64))
+    signature = ensemble.signature(signatures, intervals, request.config_hash)
     model = ensemble_format.to_json([ensemble_format.Member(m.candidate.model_type, m.candidate.run_id,
                                                             m.artifact.signature, m.artifact.model_path.read_bytes())
                                      for m in members])
@@ -364,9 +365,14 @@ def log_forecast_plot(client, winner: Scored, frame: scoring.ScoringFrame, ident
         horizon, ts = sig["output_seq_len"], sig.get("timestamp_column") or "time"
         times = pd.to_datetime(frame.frame[ts]).iloc[frame.origin + horizon - 1:].iloc[:len(winner.truth)]
         shown = min(len(times), PLOT_DAYS * scoring.season_steps(scoring.frequency_of(frame.frame, ts)))
-        nrmse = winner.metrics["nrmse"]
+        nrmse, intervals = winner.metrics["nrmse"], sig.get("intervals")
+        bands = []
+        if intervals:
+            scales = frame.window_scales(sig["target"], len(winner.truth), intervals.get("scale_rows", 0))
+            half = window_half_widths(intervals, scales)[:, -shown:, -1]
+            bands = list(zip(intervals["levels"], half, strict=True))
         path = save_forecast_plot(workdir / "plots" / PLOT_FILE, times.iloc[-shown:], winner.truth[-shown:, -1],
-                                  winner.forecast[-shown:, -1], sig.get("intervals"),
+                                  winner.forecast[-shown:, -1], bands,
                                   f"{winner.candidate.model_type} (test NRMSE {nrmse:.3f})",
                                   f"{identifier}: {sig['target']}, forecast {horizon} step(s) before each target")
         client.log_artifact(winner.candidate.run_id, str(path), "plots")

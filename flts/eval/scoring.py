@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from flts import forecasters
 from flts.forecasters import SIGNATURE, ArtifactError
 from flts.forecasters.base import ScoringModel, first_line
+from flts.metrics import window_scales
 from flts.storage import ObjectStore
 from flts.windows import lookback_rows, window_count
 
@@ -147,6 +148,15 @@ class ScoringFrame:
     def history(self, target: str) -> np.ndarray:
         """The training target before the frame's first row."""
         return self.train[target].to_numpy(np.float64)[:len(self.train) - self.lookback]
+
+    def window_scales(self, target: str, windows: int, rows: int) -> np.ndarray:
+        """The local scale (flts.metrics.window_scales) of each scored window, from all history before it
+        (ones for intervals that are not scaled, rows = 0)."""
+        if not rows:
+            return np.ones(windows)
+        series = np.concatenate([self.history(target), self.frame[target].to_numpy(np.float64)])
+        first = len(series) - len(self.frame) + self.origin
+        return window_scales(series, first + np.arange(windows), rows)
 
     def persistence(self, target: str, output_len: int) -> np.ndarray:
         return persistence_forecast(self.frame[target].to_numpy(np.float64), self.origin, output_len)

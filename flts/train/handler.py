@@ -19,7 +19,7 @@ from pathlib import Path
 from flts import events, forecasters
 from flts.events import DataClaim, EventError, ModelTraining
 from flts.logs import error, log
-from flts.metrics import TargetScale, conformal_half_widths, regression_metrics
+from flts.metrics import TargetScale, conformal_intervals, regression_metrics
 from flts.settings import Env
 from flts.storage import store_from_env
 from flts.train import artifacts, data, tracking
@@ -156,7 +156,9 @@ def fit_and_write(job: Job, split: data.TrainData, folder: Path) -> tuple[dict, 
     metrics = {**regression_metrics(fitted.truth, fitted.forecast, target_scale), **fitted.metrics}
     signature = _signature(job, split, family, fitted)
     if fitted.validation is not None:
-        val_metrics, signature["intervals"] = _validation(job.settings, fitted.validation, target_scale)
+        scale_rows = job.settings.interval_scale_rows if job.target in signature["feature_columns"] else 0
+        val_metrics, signature["intervals"] = _validation(job.settings, fitted.validation, target_scale,
+                                                          split.train.target, scale_rows)
         metrics.update(val_metrics)
     artifacts.write_serving_model(folder / family.name, family.model_file, fitted.model_bytes, signature)
     if fitted.validation is not None:  # eval averages candidates' validation forecasts to try an ensemble
@@ -165,14 +167,15 @@ def fit_and_write(job: Job, split: data.TrainData, folder: Path) -> tuple[dict, 
     return metrics, fitted.series
 
 
-def _validation(settings: TrainSettings, validation: tuple, target_scale: TargetScale) -> tuple[dict, dict]:
+def _validation(settings: TrainSettings, validation: tuple, target_scale: TargetScale, train_target,
+                scale_rows: int) -> tuple[dict, dict]:
     """The validation windows' metrics (`val_` prefixed: eval chooses on them) and the conformal
     intervals their residuals give (they travel in signature.json to the promotion pointer)."""
     forecast, truth = validation
     metrics = {f"val_{name}": value for name, value in regression_metrics(truth, forecast, target_scale).items()}
     metrics["val_windows"] = len(truth)
-    levels = list(settings.interval_levels)
-    return metrics, {"levels": levels, "half_widths": conformal_half_widths(truth, forecast, levels)}
+    return metrics, conformal_intervals(truth, forecast, list(settings.interval_levels), train_target, scale_rows)
+
 
 
 def _signature(job: Job, split: data.TrainData, family: forecasters.Family, fitted: forecasters.Fitted) -> dict:
