@@ -137,3 +137,22 @@ def test_the_pointer_contract_knows_every_artifact_format():
 
     assert set(get_args(PromotionPointer.model_fields["artifact_format"].annotation)) == {
         f.name for f in forecasters.FORMATS}
+
+
+@pytest.mark.parametrize("name", forecasters.names())
+def test_validation_never_touches_test_rows(name, tmp_path):
+    """The validation windows (eval's choice, the intervals) are the training split's tail, and
+    what a family forecasts there does not move when every test value changes."""
+    family = forecasters.family(name)
+    train, test = frames()
+    settings = TrainSettings.from_env({"MODEL_TYPE": name, "TARGET_COLUMN": "load", "INPUT_SEQ_LEN": str(IN_LEN),
+                                       "HORIZON": str(OUT_LEN), "EPOCHS": "2", "HIDDEN_SIZE": "4"})
+    changed = test.assign(load=test["load"] * 3 + 50, temp=-test["temp"])
+    first = family.fit(settings, train_data(train, test), tmp_path / "a", "a")
+    second = family.fit(settings, train_data(train, changed), tmp_path / "b", "b")
+    (forecast, truth), (again, _) = first.validation, second.validation
+    tail = train["load"].to_numpy()[-(len(truth) + OUT_LEN - 1):]
+    np.testing.assert_allclose(truth, np.lib.stride_tricks.sliding_window_view(tail, OUT_LEN), rtol=1e-6)
+    np.testing.assert_array_equal(forecast, again)
+    if family.format.takes_features:  # the test forecasts did read the change (Prophet reads only the calendar)
+        assert not np.allclose(first.forecast, second.forecast)
