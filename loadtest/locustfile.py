@@ -66,7 +66,7 @@ def prepare(environment, **_):
     model = ready["model"]
     if model is None:
         raise RuntimeError(f"{host} serves no model yet: {ready.get('reason')}")
-    BODIES[:] = build_bodies(DATA, model["input_seq_len"], model["timestamp_column"], WINDOWS)
+    BODIES[:] = build_bodies(DATA, model["history_rows"], model["timestamp_column"], WINDOWS)
     for body in BODIES[:WARMUP]:  # warm-up: first connections, first ORT runs; not in the stats
         request = urllib.request.Request(f"{host}/predict", data=body, headers={"Content-Type": "application/json"})
         urllib.request.urlopen(request, timeout=10).read()

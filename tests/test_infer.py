@@ -14,13 +14,21 @@ import pytest
 from cloudevents.conversion import to_binary
 
 from flts import events
+from flts.dev import testing
 from flts.dev.forecast import last_rows, request_body
-from flts.dev.testing import LTE_FEATURES, persistence_onnx, promote, running_server
+from flts.dev.testing import LTE_FEATURES, persistence_onnx, running_server
 from flts.infer import prometheus as metrics
 from flts.infer.app import create_app
 from flts.infer.model import ModelError, load_model
 from flts.infer.registry import ModelRegistry
 from flts.infer.settings import ServingSettings
+from flts.promotion import current_key
+from flts.storage import put_json
+
+
+def promote(store, model_bytes: bytes, **options):
+    """testing.promote with the artifact where eval puts it: the promotion bucket, the only one infer loads from by default."""
+    return testing.promote(store, model_bytes, **{"artifact_bucket": "model-promotion", **options})
 
 L, M = 10, 3
 TARGET_INDEX = LTE_FEATURES.index("down")
@@ -63,13 +71,26 @@ def slow_registry(store, seconds: float, **settings_env) -> ModelRegistry:
     model = load_model(store, resolve_pointer(store, "model-promotion"), settings)
     model.predictor = SlowPredictor(model.predictor, seconds)
     registry = ModelRegistry()
-    registry.install(model)
+    registry.install_default(model)
+    registry.install(model.info.identifier, model)
     return registry
 
 
 def post_event(url: str, event_type: str, data) -> httpx.Response:
     headers, body = to_binary(events.make_event(event_type, "test", data))
     return httpx.post(url + "/", content=body, headers=headers, timeout=30)
+
+
+def write_pointer(store, pointer, *keys: str) -> None:
+    """Point `keys` (default: the identifier's current.json and current.json, as eval does) at `pointer`."""
+    for key in keys or (current_key(pointer.identifier), current_key()):
+        put_json(store, "model-promotion", key, pointer.model_dump(mode="json", exclude_none=True))
+
+
+def announce(store, url: str, pointer) -> httpx.Response:
+    """Promote as eval does: the pointers first, then the model-selected notice."""
+    write_pointer(store, pointer)
+    return post_event(url, events.MODEL_SELECTED, pointer)
 
 
 # ---------------------------------------------------------------- the contract
@@ -144,7 +165,7 @@ def test_bad_input_is_a_clear_4xx_and_the_server_keeps_serving(store, window):
         (orjson.dumps({"data": {k: v for k, v in window["data"].items() if k not in ("up", "rb_up")}}), 400,
          "missing columns ['up', 'rb_up']"),
         (orjson.dumps({**window, "inference_length": 99}), 400, "'inference_length' must be an integer from 1 to 3"),
-        (orjson.dumps({**window, "identifier": "Nowhere"}), 404, "no model is served for identifier 'Nowhere'"),
+        (orjson.dumps({**window, "identifier": "Nowhere"}), 404, "no champion is promoted for identifier 'Nowhere'"),
         (orjson.dumps({"data": dict(window["data"], up=[1.0])}), 400, "'up' has 1 values"),
         (b"x" * 5000, 413, "over the limit of 4096"),
     ]
@@ -237,8 +258,8 @@ def test_hot_swap_under_load_loses_no_request(file_store, window):
 
             loops = [asyncio.create_task(client_loop()) for _ in range(8)]
             await asyncio.sleep(0.3)
-            refused = await asyncio.to_thread(post_event, url, events.MODEL_SELECTED, missing)
-            swapped = await asyncio.to_thread(post_event, url, events.MODEL_SELECTED, new)
+            refused = await asyncio.to_thread(announce, store, url, missing)
+            swapped = await asyncio.to_thread(announce, store, url, new)
             await asyncio.sleep(0.3)
             stop.set()
             await asyncio.gather(*loops)
@@ -254,6 +275,7 @@ def test_hot_swap_under_load_loses_no_request(file_store, window):
         assert runs.index("new") > 0 and "old" not in runs[runs.index("new") + 8:]  # only in-flight ones after
         # A redelivery of the same event changes nothing.
         assert post_event(url, events.MODEL_SELECTED, new).status_code == 202
+        assert httpx.post(url + "/predict", json=window).json()["run_id"] == "new"
         text = httpx.get(url + "/metrics").text
         assert metrics.sample(text, "flts_infer_model_info", run_id="new") == 1
         assert metrics.sample(text, "flts_infer_model_info", run_id="old") == 0
@@ -320,7 +342,7 @@ def test_open_inference_protocol_v2_with_tritonclient(store, window):
         forecast = result.as_numpy("forecast")
         expected = 2.0 * x[:, -1, TARGET_INDEX][:, None] + 1000.0 * np.arange(1, M + 1)
         np.testing.assert_allclose(forecast, expected, rtol=1e-5)
-        with pytest.raises(triton.InferenceServerException, match="no model is served"):
+        with pytest.raises(triton.InferenceServerException, match="no champion is promoted for identifier 'Nowhere'"):
             client.infer("Nowhere", [tensor])
         client.close()
 
@@ -371,6 +393,7 @@ def test_embedded_handler_loads_or_refuses(store):
     registry = serving_events.process_registry(ServingSettings.from_env(env))
     assert registry.get("PobleSec").info.run_id == "embedded"
     gone = pointer.model_copy(update={"run_id": "gone", "artifact_key": "models/x/model.onnx"})
+    write_pointer(store, gone)
     with pytest.raises(ObjectNotFound):
         serving_events.handle(events.make_event(events.MODEL_SELECTED, "eval", gone), env)
     assert registry.get("PobleSec").info.run_id == "embedded"  # still serving the loaded one
@@ -395,19 +418,23 @@ def test_prophet_model_is_served_by_the_lazy_path(file_store, window):
     np.testing.assert_allclose([p["down"] for p in predictions], expected, rtol=1e-5)
 
 
-def test_registry_keeps_the_pinned_default_and_its_bound(store):
+def test_registry_holds_the_pinned_default_and_at_most_max_models_identifiers_lru(store):
     from flts.infer import handler as serving_events
 
-    settings = ServingSettings.from_env({"MODEL_IDENTIFIER": "PobleSec", "MAX_MODELS": "2"})
+    settings = ServingSettings.from_env({"MODEL_IDENTIFIER": "PobleSec", "MAX_MODELS": "3"})
     registry = ModelRegistry(settings.max_models)
     onnx = persistence_onnx(L, len(LTE_FEATURES), M, TARGET_INDEX)
-    for identifier in ("PobleSec", "ElBorn", "Other"):
-        pointer = promote(store, onnx, identifier=identifier, run_id=f"run-{identifier}", write_pointer=False)
-        assert serving_events.swap_model(store, pointer, settings, registry)["status"] == "swapped"
-    assert registry.default.info.identifier == "PobleSec"  # events of other identifiers do not take the default
-    assert registry.names() == ["Other", "PobleSec"]  # MAX_MODELS=2: the oldest non-default left the table
-    older = promote(store, onnx, identifier="Other", run_id="run-older", write_pointer=False, timestamp="2000-01-01T00:00:00Z")
-    assert serving_events.swap_model(store, older, settings, registry)["status"] == "skipped"
+    for identifier in ("PobleSec", "ElBorn", "Other", "Fourth"):  # current.json ends on Fourth's promotion
+        pointer = promote(store, onnx, identifier=identifier, run_id=f"run-{identifier}")
+        if identifier != "Fourth":
+            assert serving_events.on_model_selected(store, pointer, settings, registry)["status"] == "swapped"
+    assert registry.default.info.identifier == "PobleSec"  # MODEL_IDENTIFIER pins the default
+    assert registry.names() == ["ElBorn", "Other", "PobleSec"]
+    assert serving_events.on_model_selected(store, pointer.model_copy(update={"identifier": "Other"}), settings,
+                                            registry)["status"] == "skipped"  # served already
+    registry.cached("ElBorn")  # a request: ElBorn is now used more recently than Other
+    serving_events.load_champion(store, settings, registry, "Fourth")
+    assert registry.names() == ["ElBorn", "Fourth", "PobleSec"]  # the least recently used left, never the default
 
 
 # ---------------------------------------------------------------- prediction intervals
@@ -430,6 +457,32 @@ def test_predict_and_v2_return_the_pointers_conformal_bounds_per_level(file_stor
         np.testing.assert_allclose(upper - forecast, np.tile(half_widths[1], 2), rtol=1e-5)
         metadata = httpx.get(url + "/v2/models/PobleSec").json()
         assert [o["name"] for o in metadata["outputs"]] == list(outputs)
+
+
+def test_scaled_intervals_need_their_history_and_follow_its_recent_change(file_store, lte_dir):
+    """scale_rows = 11: a request sends 12 rows (more than the model's 10), the half-widths multiply the
+    mean |one-step change| of those 12 target values; v2 scales each window by the rows it holds."""
+    from flts.metrics import recent_change
+
+    half_widths = [[1.0, 2.0, 3.0]]
+    promote(file_store, persistence_onnx(L, len(LTE_FEATURES), M, TARGET_INDEX),
+            intervals={"levels": [0.9], "half_widths": half_widths, "scale_rows": 11})
+    body = request_body(last_rows(lte_dir / "PobleSec_test.csv", 12), "time")
+    with running_server(create_app(env_for(file_store), file_store)) as url:
+        assert httpx.get(url + "/readyz").json()["model"]["history_rows"] == 12
+        short = request_body(last_rows(lte_dir / "PobleSec_test.csv", 11), "time")
+        refused = httpx.post(url + "/predict", json=short)
+        assert refused.status_code == 400 and "at least 12 rows of history" in refused.json()["error"]
+        scale = recent_change(np.array(body["data"]["down"], np.float64))
+        for step, p in enumerate(httpx.post(url + "/predict", json=body).json()["predictions"]):
+            assert p["upper_90"] - p["down"] == pytest.approx(half_widths[0][step] * scale, rel=1e-5)
+        x = np.zeros((2, L, len(LTE_FEATURES)), np.float32)
+        x[1, :, TARGET_INDEX] = np.arange(L) * 4.0  # a change of 4 per row
+        tensor = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+        outputs = {o["name"]: o for o in httpx.post(url + "/v2/models/PobleSec/infer", json=tensor).json()["outputs"]}
+        width = (np.array(outputs["forecast_upper_90"]["data"]) - np.array(outputs["forecast"]["data"])).reshape(2, M)
+        np.testing.assert_allclose(width[1], np.array(half_widths[0]) * 4.0, rtol=1e-5)
+        assert np.all(width[0] < 1e-6)  # a flat window: the floor keeps the width positive but tiny
 
 
 def test_intervals_for_another_horizon_are_refused_naming_both(file_store):

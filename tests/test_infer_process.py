@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
 
-from flts.dev import processes
+from flts.dev import processes, testing
 from flts.dev.forecast import last_rows, request_body
-from flts.dev.testing import LTE_FEATURES, free_port, persistence_onnx, promote
+from flts.dev.testing import LTE_FEATURES, free_port, persistence_onnx
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def promote(store, model_bytes: bytes, **options):
+    """testing.promote with the artifact where eval puts it: the promotion bucket, the only one infer loads from by default."""
+    return testing.promote(store, model_bytes, **{"artifact_bucket": "model-promotion", **options})
 
 
 @pytest.fixture
@@ -41,6 +48,7 @@ SERVE_AND_LIST_MODULES = """
 import json, sys
 from starlette.testclient import TestClient
 from functions.infer.main import app
+
 window = json.loads(sys.argv[1])
 with TestClient(app) as client:
     assert client.get("/readyz").status_code == 200
@@ -118,3 +126,37 @@ def test_locust_bounded_run(store):
         failed = subprocess.run([*locust, "-t", "2s"], cwd=REPO, capture_output=True, text=True, timeout=60,
                                 env={**os.environ, "LOADTEST_MAX_P95_MS": "0.001"})
         assert failed.returncode == 1, failed.stdout[-2000:] + failed.stderr[-2000:]
+
+
+def _slow_client(port: int) -> socket.socket:
+    """Declares a 1000-byte body, sends `{`, and waits (issue 12, M1)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 1000\r\n\r\n{")
+    return sock
+
+
+def _answer(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_64_slow_clients_hold_no_admission_slot(store, window):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with process(["-m", "flts.infer", "serve", "--port", str(port)], _env(store, BODY_READ_SECONDS=4), url + "/readyz"):
+        slow = [_slow_client(port) for _ in range(64)]  # as many as MAX_INFLIGHT
+        try:
+            time.sleep(0.5)  # every one is in the server, waiting for its body
+            with httpx.Client(base_url=url, timeout=10) as client:
+                for _ in range(5):
+                    answer = client.post("/predict", json=window)
+                    assert answer.status_code == 200, answer.text  # not 429: the slow ones hold no slot
+            for sock in slow:  # each gets its 408 once BODY_READ_SECONDS has passed, and the connection closes
+                answer = _answer(sock)
+                assert answer.startswith(b"HTTP/1.1 408") and b"BODY_READ_SECONDS" in answer, answer[:300]
+        finally:
+            for sock in slow:
+                sock.close()

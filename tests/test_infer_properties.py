@@ -9,9 +9,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from flts.dev import testing
 from flts.dev.forecast import last_rows, request_body
-from flts.dev.testing import LTE_FEATURES, persistence_onnx, promote, running_server
+from flts.dev.testing import LTE_FEATURES, persistence_onnx, running_server
 from flts.infer.app import create_app
+
+
+def promote(store, model_bytes: bytes, **options):
+    """testing.promote with the artifact where eval puts it: the promotion bucket, the only one infer loads from by default."""
+    return testing.promote(store, model_bytes, **{"artifact_bucket": "model-promotion", **options})
 
 
 def _dumps(value) -> bytes:

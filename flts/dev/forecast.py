@@ -57,7 +57,7 @@ def serve_one_forecast(env: Env, store: ObjectStore, dataset: str, test_csv: Pat
         model = ready.json()["model"]
         if model is None:
             raise SystemExit(f"the inference app has no model: {ready.json().get('reason', ready.text)}")
-        length, horizon, target = model["input_seq_len"], model["output_seq_len"], model["target"]
+        length, horizon, target = model["history_rows"], model["output_seq_len"], model["target"]
         # The window ends `horizon` rows before the file does, so the actual values can be shown too.
         rows = last_rows(test_csv, length + horizon)
         window, actual = rows[:length], rows[length:]

@@ -6,8 +6,13 @@ and the shared contracts; never torch, pandas, MLflow or prophet):
 - settings:   every knob, read from the environment once
 - features:   request body → model input window (numpy only, time features included)
 - model:      pointer → ONNX Runtime session (or the lazily imported Prophet path), warm-up
-- registry:   the served models, swapped atomically
-- batcher:    admission (MAX_INFLIGHT), bounded queue, TTL, micro-batching, worker lanes
+- pointers:   which model to serve: the promotion bucket's pointers, checked (never an event's word)
+- registry:   the served models (the default, and each named identifier's champion in an LRU
+              bounded by MAX_MODELS and MAX_MODEL_BYTES), swapped atomically
+- admission:  the prediction routes' front: API key, the whole body within a deadline, a slot,
+              then the route called directly (no router on the hot path)
+- batcher:    admission count (MAX_INFLIGHT), bounded queue, TTL, micro-batching, worker lanes,
+              and the inline run of a lone fast request
 - prometheus: Prometheus metrics (multiprocess-aware)
 - app:        the Starlette ASGI app (/predict, health, /metrics, /scale_workers, v2, CloudEvents)
 - handler:    the CloudEvent handler (model-selected, inference-data)
@@ -34,7 +39,7 @@ SPEC = FunctionSpec(
                       timeout_seconds=30, requests={"cpu": "250m", "memory": "512Mi"},
                       limits={"cpu": "1", "memory": "1Gi"}),
     public=True,
-    # /scale_workers is open when SCALE_WORKERS_TOKEN is empty, and infer is public.
-    secrets=("S3_ACCESS_KEY", "S3_SECRET_KEY", "SCALE_WORKERS_TOKEN"),
+    # /scale_workers needs SCALE_WORKERS_TOKEN, else EVENT_TOKEN; open only when both are empty (infer is public).
+    secrets=("S3_ACCESS_KEY", "S3_SECRET_KEY", "SCALE_WORKERS_TOKEN", "PREDICT_API_KEY"),
     env={"MAX_INFLIGHT": str(MAX_INFLIGHT)},
 )

@@ -2,13 +2,14 @@
 
 Routes: POST /predict, GET /healthz, GET /readyz, GET /metrics, POST /scale_workers,
 the Open Inference Protocol v2 routes under /v2, and POST / for CloudEvents
-(`flts.model-selected` hot swap, `flts.inference-data` batch forecasts).
+(`flts.model-selected` hot swap, `flts.inference-data` batch forecasts). The two prediction
+routes (POST /predict, POST /v2/models/{name}/infer) are called by AdmissionControl with the
+body and return an Answer it sends; the others go through Starlette's router.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import os
 import time
 
@@ -21,24 +22,27 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from flts import __version__
+from flts.auth import refusal
 from flts.events import MAX_EVENT_BYTES
 from flts.infer import prometheus as metrics
+from flts.infer.admission import AdmissionControl, ClientGone, error_headers, read_body
 from flts.infer.batcher import Batcher, InferenceFailed, Rejected
-from flts.infer.features import RequestError, format_forecast_times, parse_predict, with_intervals
-from flts.infer.handler import apply_event, mark_served
-from flts.infer.model import resolve_and_load
-from flts.infer.registry import ModelRegistry
+from flts.infer.features import RequestError, format_forecast_times, interval_scales, parse_predict, with_intervals
+from flts.infer.handler import apply_event, load_champion, refresh_default
+from flts.infer.model import ModelTooLarge, ServedModel
+from flts.infer.registry import NO_MODEL, ModelRegistry
 from flts.infer.settings import ServingSettings
 from flts.infer.v2 import infer_response, model_metadata, parse_infer
 from flts.logs import log, warn
 from flts.outcomes import BAD_EVENT, error_text, log_failure, status_of_exception
 from flts.settings import Env
-from flts.storage import ObjectNotFound, ObjectStore, store_from_env
+from flts.storage import InvalidKey, ObjectNotFound, ObjectStore, StorageError, store_from_env
 
 JSON = "application/json"
-NO_MODEL = ("no model is loaded yet: /predict answers once a model is promoted (a flts.model-selected event, "
-            "or a promotion found at start)")
 _MODEL_RETRY_SECONDS = 5.0
+
+# What a prediction route answers: (status, JSON body, extra headers); AdmissionControl sends it.
+Answer = tuple[int, bytes, dict | None]
 
 
 def process_started_at() -> float:
@@ -60,6 +64,11 @@ def _json(status: int, body, headers: dict | None = None) -> Response:
     return Response(orjson.dumps(body), status, headers, media_type=JSON)
 
 
+def _error(status: int, message: str, predict_style: bool = False) -> Response:
+    body = {"status": "ERROR", "error": message} if predict_style else {"error": message}
+    return _json(status, body, error_headers(status))
+
+
 def _loads(raw: bytes):
     try:
         return orjson.loads(raw)
@@ -74,12 +83,14 @@ class InferService:
         self.env = dict(os.environ) if env is None else dict(env)
         self.settings = ServingSettings.from_env(self.env)
         self.store = store if store is not None else store_from_env(self.env)
-        self.registry = registry or ModelRegistry(self.settings.max_models)
+        self.registry = registry or ModelRegistry(self.settings.max_models, self.settings.max_model_bytes)
         self.batcher = Batcher(self.settings)
         self.cold_start_seconds: float | None = None
         self._retry_task: asyncio.Task | None = None
         self._swap_lock: asyncio.Lock | None = None
+        self._loading: dict[str, asyncio.Future] = {}  # identifier → its champion's load, shared by requests
         self._requests = {}  # (route, status) → pre-bound counter child
+        self._retry_after = {"Retry-After": str(self.settings.retry_after_seconds)}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -99,13 +110,13 @@ class InferService:
         await self.batcher.stop()
 
     async def _load_promoted(self) -> bool:
+        """The default model from current.json (or MODEL_IDENTIFIER's pointer); False when none yet."""
         try:
-            model = await asyncio.to_thread(resolve_and_load, self.store, self.settings)
+            async with self._swap_lock:  # an event may be installing one meanwhile
+                await asyncio.to_thread(refresh_default, self.store, self.settings, self.registry)
         except Exception as exc:  # noqa: BLE001 - not ready yet; /readyz says so and we retry
             warn("model_not_loaded", error=f"{type(exc).__name__}: {exc}")
             return False
-        if self.registry.default is None:  # an event may have installed a newer one meanwhile
-            mark_served(model, self.registry.install(model))
         self._ready()
         return True
 
@@ -126,73 +137,89 @@ class InferService:
 
     def _count(self, route: str, status: int, started: float) -> None:
         child = self._requests.get((route, status))
-        if child is None:
+        if child is None:  # bound once per (route, status): labels() per request costs a lock and a dict
             child = self._requests[(route, status)] = metrics.REQUESTS.labels(route, str(status))
         child.inc()
-        if route == "predict":
-            metrics.PREDICT_LATENCY.observe(time.perf_counter() - started)
-        else:
-            metrics.LATENCY.labels(route).observe(time.perf_counter() - started)
+        metrics.ROUTE_LATENCY[route].observe(time.perf_counter() - started)
 
-    def _too_busy(self, message: str) -> Response:
-        return _json(429, {"status": "ERROR", "error": message},
-                     {"Retry-After": str(self.settings.retry_after_seconds)})
+    def _too_busy(self, message: str) -> Answer:
+        return 429, orjson.dumps({"status": "ERROR", "error": message}), self._retry_after
 
-    async def _body(self, request: Request, limit: int, setting: str = "MAX_BODY_BYTES") -> bytes:
-        """The body, refused with 413 before parsing when it passes `limit`."""
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                raise RequestError(f"invalid Content-Length {declared[:20]!r}")
-            if int(declared) > limit:
-                raise RequestError(f"the body of {declared} bytes is over the limit of {limit} bytes ({setting})", 413)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise RequestError(f"the body is over the limit of {limit} bytes ({setting})", 413)
-            chunks.append(chunk)
-        return b"".join(chunks)
+    async def _body(self, request: Request, limit: int, setting: str) -> bytes:
+        """The body of a route AdmissionControl does not read: 413 past `limit`, 408 too slow."""
+        try:
+            return await read_body(request.scope, request.receive, limit, setting, self.settings.body_read_seconds)
+        except ClientGone:
+            raise RequestError("the client disconnected before its body arrived") from None
+
+    async def model_for(self, identifier) -> ServedModel:
+        """The default model, or the named identifier's champion (loaded on its first request)."""
+        if identifier is None:
+            return self.registry.get()
+        if not isinstance(identifier, str):
+            raise RequestError(f"'identifier' must be a string, got {type(identifier).__name__}")
+        return self.registry.cached(identifier) or await self._load_champion(identifier)
+
+    async def _load_champion(self, identifier: str) -> ServedModel:
+        loading = self._loading.get(identifier)
+        if loading is None:  # one load per identifier, however many requests wait for it
+            loading = self._loading[identifier] = asyncio.ensure_future(
+                asyncio.to_thread(load_champion, self.store, self.settings, self.registry, identifier))
+            loading.add_done_callback(lambda done: self._load_finished(identifier, done))
+        try:
+            return await asyncio.shield(loading)
+        except ObjectNotFound as exc:  # NoChampion: names the identifier and the pointer it looked for
+            raise RequestError(str(exc), 404) from None
+        except ModelTooLarge as exc:  # names the identifier, its size and MAX_MODEL_BYTES
+            raise RequestError(str(exc), 503) from None
+        except InvalidKey as exc:  # no pointer can have this name
+            raise RequestError(f"no champion is promoted for identifier {identifier[:100]!r} ({exc})", 404) from None
+        except (StorageError, ValueError) as exc:  # ModelError, PointerRefused, a malformed pointer
+            raise RequestError(f"the champion of identifier {identifier[:100]!r} cannot be served now: {exc}",
+                               503) from None
+
+    def _load_finished(self, identifier: str, done: asyncio.Future) -> None:
+        self._loading.pop(identifier, None)
+        if not done.cancelled():
+            done.exception()  # retrieved even when every waiting request has gone: no "never retrieved" warning
 
     async def _infer(self, model, x: np.ndarray, last_wall: np.ndarray, step: np.ndarray) -> np.ndarray:
         out = await self.batcher.submit(model, x, last_wall, step)
-        if not np.all(np.isfinite(out)):
+        if not np.isfinite(out).all():
             raise RequestError("the model produced a non-finite forecast for this input (values far out of range?)", 422)
         return out
 
     # ------------------------------------------------------------ /predict
 
-    async def predict(self, request: Request) -> Response:
-        """Admitted by AdmissionControl already."""
+    async def predict(self, raw: bytes) -> Answer:
+        """POST /predict, called by AdmissionControl with the body once the request is admitted."""
         started = time.perf_counter()
         status = 500
         try:
-            if self.registry.default is None:  # ready for events, not yet for predictions
-                raise RequestError(NO_MODEL, 503)
-            body = _loads(await self._body(request, self.settings.max_body_bytes))
-            model = self.registry.get(body.get("identifier") if isinstance(body, dict) else None)
+            body = _loads(raw)
+            model = await self.model_for(body.get("identifier") if isinstance(body, dict) else None)
             window = parse_predict(body, model.spec, self.settings.max_rows)
             times = format_forecast_times(window)
             out = await self._infer(model, window.x[None], np.array([window.last_wall]), np.array([window.step_seconds]))
             target, info = model.spec.target, model.info
             forecast = out[0, :window.steps]
             columns = {name: values.tolist() for name, values in
-                       {target: forecast, **with_intervals(forecast, model.spec)}.items()}
+                       {target: forecast, **with_intervals(forecast, model.spec, window.scale)}.items()}
             status = 200
-            return _json(200, {
+            return 200, orjson.dumps({
                 "status": "SUCCESS", "identifier": info.identifier, "model_type": info.model_type,
                 "run_id": info.run_id, "config_hash": info.config_hash,
                 "predictions": [{"ts": ts, **{name: values[i] for name, values in columns.items()}}
                                 for i, ts in enumerate(times)],
-            })
+            }), None
         except RequestError as exc:
             status = exc.status
-            return _json(status, {"status": "ERROR", "error": str(exc)})
+            return status, orjson.dumps({"status": "ERROR", "error": str(exc)}), error_headers(status)
         except Rejected as exc:
             status = 429
             return self._too_busy(str(exc))
         except InferenceFailed as exc:
-            return _json(500, {"status": "ERROR", "error": f"inference failed: {exc}"})
+            return 500, orjson.dumps({"status": "ERROR", "error": f"inference failed: {exc}"}), None
         finally:
             self._count("predict", status, started)
 
@@ -206,17 +233,17 @@ class InferService:
         # (the revision never turns Ready, so the flts.model-selected bringing the model never arrives).
         model = self.registry.default
         if model is None:
-            return _json(200, {"status": "ready", "model": None, "reason": NO_MODEL, "served": [],
+            return _json(200, {"status": "ready", "model": None, "reason": NO_MODEL, "served": [], "served_bytes": 0,
                                "workers": self.batcher.workers, "cold_start_seconds": None})
         spec = model.spec
         return _json(200, {"status": "ready", "model": {
             **model.info.labels(), "input_seq_len": spec.input_seq_len, "output_seq_len": spec.output_seq_len,
             # the serving contract in words: send at least history_rows rows, get up to horizon steps
-            "history_rows": spec.input_seq_len, "horizon": spec.output_seq_len,
+            "history_rows": spec.history_rows, "horizon": spec.output_seq_len,
             "interval_levels": [level for level, _ in spec.intervals],
             "feature_columns": list(spec.feature_columns), "target": spec.target,
             "timestamp_column": spec.timestamp_column, "frequency_seconds": spec.frequency_seconds,
-        }, "served": self.registry.names(), "workers": self.batcher.workers,
+        }, "served": self.registry.names(), "served_bytes": self.registry.held_bytes, "workers": self.batcher.workers,
             "cold_start_seconds": self.cold_start_seconds})
 
     async def metrics(self, request: Request) -> Response:
@@ -224,18 +251,16 @@ class InferService:
         return Response(body, 200, media_type=content_type)
 
     async def scale_workers(self, request: Request) -> Response:
-        token = self.settings.scale_token
-        if token:
-            given = request.headers.get("x-scale-token") or request.headers.get("authorization", "").removeprefix("Bearer ")
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                return _json(401, {"status": "ERROR", "error": "a valid token is required (SCALE_WORKERS_TOKEN)"})
+        reason = refusal(request.headers.get("authorization"), self.settings.scale_workers_token)
+        if reason:
+            return _error(401, f"{reason} (SCALE_WORKERS_TOKEN, else EVENT_TOKEN)", predict_style=True)
         try:
             body = _loads(await self._body(request, 4096, "the /scale_workers limit"))
             workers = body.get("workers") if isinstance(body, dict) else None
             if type(workers) is not int or not 1 <= workers <= self.settings.max_workers:
                 raise RequestError(f"'workers' must be an integer from 1 to {self.settings.max_workers} (MAX_WORKERS)")
         except RequestError as exc:
-            return _json(exc.status, {"status": "ERROR", "error": str(exc)})
+            return _error(exc.status, str(exc), predict_style=True)
         previous = await self.batcher.scale(workers)
         log("workers_scaled", workers=workers, previous=previous)
         return _json(200, {"workers": workers, "previous": previous, "max_workers": self.settings.max_workers})
@@ -245,11 +270,14 @@ class InferService:
     async def cloudevent(self, request: Request) -> Response:
         from cloudevents.http import from_http
 
+        reason = refusal(request.headers.get("authorization"), self.settings.event_token)
+        if reason:  # an event changes what is served: only the stack's senders may post one
+            return _error(401, f"{reason} (EVENT_TOKEN)")
         try:
             body = await self._body(request, MAX_EVENT_BYTES, "MAX_EVENT_BYTES")
             event = from_http(dict(request.headers), body)
         except RequestError as exc:
-            return _json(exc.status, {"error": str(exc)})
+            return _error(exc.status, str(exc))
         except Exception as exc:  # noqa: BLE001 - the SDK raises several types for malformed events
             return _json(BAD_EVENT, {"error": f"not a valid CloudEvent: {exc}"})
         try:
@@ -276,49 +304,49 @@ class InferService:
         ready = self.registry.default is not None
         return _json(200 if ready else 503, {"ready": ready})
 
-    def _v2_model(self, request: Request):
-        return self.registry.get(request.path_params["name"])
+    async def _v2_model(self, request: Request) -> ServedModel:
+        return await self.model_for(request.path_params["name"])
 
     async def v2_model(self, request: Request) -> Response:
         try:
-            return _json(200, model_metadata(self._v2_model(request)))
+            return _json(200, model_metadata(await self._v2_model(request)))
         except RequestError as exc:
-            return _json(exc.status, {"error": str(exc)})
+            return _error(exc.status, str(exc))
 
     async def v2_model_ready(self, request: Request) -> Response:
         try:
-            model = self._v2_model(request)
+            model = await self._v2_model(request)
         except RequestError as exc:
-            return _json(exc.status, {"error": str(exc)})
+            return _error(exc.status, str(exc))
         return _json(200, {"name": model.info.identifier, "ready": True})
 
-    async def v2_infer(self, request: Request) -> Response:
+    async def v2_infer(self, name: str, raw: bytes) -> Answer:
+        """POST /v2/models/{name}/infer, called by AdmissionControl like predict."""
         started = time.perf_counter()
         status = 500
         try:
-            model = self._v2_model(request)
-            x, request_id = parse_infer(_loads(await self._body(request, self.settings.max_body_bytes)),
-                                        model, self.settings.max_rows)
+            model = await self.model_for(name)
+            x, request_id = parse_infer(_loads(raw), model, self.settings.max_rows)
             batch = len(x)
             out = await self._infer(model, x, np.zeros(batch), np.full(batch, model.spec.frequency_seconds or 60.0))
             status = 200
-            return _json(200, infer_response(model, out, request_id))
+            return 200, infer_response(model, out, request_id, interval_scales(x, model.spec)), None
         except RequestError as exc:
             status = exc.status
-            return _json(status, {"error": str(exc)})
+            return status, orjson.dumps({"error": str(exc)}), error_headers(status)
         except Rejected as exc:
             status = 429
             return self._too_busy(str(exc))
         except InferenceFailed as exc:
-            return _json(500, {"error": f"inference failed: {exc}"})
+            return 500, orjson.dumps({"error": f"inference failed: {exc}"}), None
         finally:
             self._count("v2_infer", status, started)
 
     # ------------------------------------------------------------ the app
 
     def routes(self) -> list[Route]:
+        """Everything but the prediction routes, which AdmissionControl answers before routing."""
         return [
-            Route("/predict", self.predict, methods=["POST"]),
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/readyz", self.readyz, methods=["GET"]),
             Route("/metrics", self.metrics, methods=["GET"]),
@@ -329,42 +357,7 @@ class InferService:
             Route("/v2/health/ready", self.v2_ready, methods=["GET"]),
             Route("/v2/models/{name}", self.v2_model, methods=["GET"]),
             Route("/v2/models/{name}/ready", self.v2_model_ready, methods=["GET"]),
-            Route("/v2/models/{name}/infer", self.v2_infer, methods=["POST"]),
         ]
-
-
-class AdmissionControl:
-    """Pure ASGI middleware: the MAX_INFLIGHT check before routing, body reading or any
-    object is built, so an answer over the limit costs next to nothing (429 + Retry-After).
-    Admitted requests are released here when their handler returns (it counts them)."""
-
-    def __init__(self, app, service: InferService):
-        self.app, self.service = app, service
-        settings = service.settings
-        self.body = orjson.dumps({"status": "ERROR", "error": f"over the concurrency limit of {settings.max_inflight} "
-                                                               f"(MAX_INFLIGHT); retry after {settings.retry_after_seconds} s"})
-        self.start = {"type": "http.response.start", "status": 429, "headers": [
-            (b"content-type", JSON.encode()), (b"content-length", str(len(self.body)).encode()),
-            (b"retry-after", str(settings.retry_after_seconds).encode())]}
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "POST":
-            path = scope["path"]
-            route = "predict" if path == "/predict" else "v2_infer" if path.startswith("/v2/") and path.endswith("/infer") else None
-            if route:
-                batcher = self.service.batcher
-                if not batcher.try_admit():
-                    started = time.perf_counter()
-                    await send(self.start)
-                    await send({"type": "http.response.body", "body": self.body})
-                    self.service._count(route, 429, started)
-                    return
-                try:
-                    await self.app(scope, receive, send)
-                finally:
-                    batcher.release()
-                return
-        await self.app(scope, receive, send)
 
 
 def create_app(env: Env | None = None, store: ObjectStore | None = None, registry: ModelRegistry | None = None) -> Starlette:

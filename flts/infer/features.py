@@ -12,6 +12,8 @@ from datetime import datetime, timedelta, tzinfo
 
 import numpy as np
 
+from flts.metrics import recent_change
+
 TIME_FEATURES = ("minute_sin", "minute_cos", "dow_sin", "dow_cos")
 _EPOCH = datetime(1970, 1, 1)
 _NUMBER_TYPES = {int, float}
@@ -38,6 +40,17 @@ class InputSpec:
     frequency_seconds: float | None = None
     # (level, half-width per horizon step): split-conformal, from the pointer (eval computed them)
     intervals: tuple[tuple[float, tuple[float, ...]], ...] = ()
+    # > 0: the half-widths multiply the recent change of the target's last scale_rows + 1 values
+    scale_rows: int = 0
+
+    @property
+    def scaled_intervals(self) -> bool:
+        return bool(self.intervals and self.scale_rows)
+
+    @property
+    def history_rows(self) -> int:
+        """Rows a /predict request sends: the model's window, and the rows its interval scale reads."""
+        return max(self.input_seq_len, self.scale_rows + 1 if self.scaled_intervals else 0)
 
     @property
     def raw_columns(self) -> tuple[str, ...]:
@@ -53,6 +66,7 @@ class Window:
     steps: int               # how many forecast steps to return
     tz: tzinfo | None        # offset of the input timestamps, kept on the output
     sep: str                 # "T" or " ", as the input wrote its timestamps
+    scale: float = 1.0       # the intervals' local scale (InputSpec.scale_rows), 1 when they are fixed
 
 
 # ---------------------------------------------------------------- time
@@ -120,17 +134,28 @@ def format_forecast_times(window: Window) -> list[str]:
     return out
 
 
+def interval_scales(x: np.ndarray, spec: InputSpec) -> np.ndarray | float:
+    """The local scale of each window of a batch [batch, L, F] from the target rows it holds (the last
+    scale_rows + 1 at most): the v2 route, whose tensor is exactly the model's window."""
+    if not spec.scaled_intervals:
+        return 1.0
+    return recent_change(x[:, -(spec.scale_rows + 1):, spec.feature_columns.index(spec.target)])
+
+
 def interval_name(level: float) -> str:
     """0.8 → "80", 0.975 → "97.5": the suffix of lower_/upper_ keys and v2 output names."""
     return f"{level * 100:g}"
 
 
-def with_intervals(forecast: np.ndarray, spec: InputSpec) -> dict[str, np.ndarray]:
-    """{"lower_80": ..., "upper_80": ...} around forecast [..., steps], one pair per level."""
+def with_intervals(forecast: np.ndarray, spec: InputSpec, scale: float | np.ndarray = 1.0) -> dict[str, np.ndarray]:
+    """{"lower_80": ..., "upper_80": ...} around forecast [..., steps], one pair per level; `scale`:
+    the window's local scale ([batch] for a batch), which scaled intervals multiply."""
     steps = forecast.shape[-1]
+    factor = np.asarray(scale, dtype=forecast.dtype) if spec.scaled_intervals else np.ones((), forecast.dtype)
+    factor = factor[:, None] if factor.ndim else factor
     bounds = {}
     for level, half_widths in spec.intervals:
-        half = np.asarray(half_widths[:steps], dtype=forecast.dtype)
+        half = np.asarray(half_widths[:steps], dtype=forecast.dtype) * factor
         bounds[f"lower_{interval_name(level)}"] = forecast - half
         bounds[f"upper_{interval_name(level)}"] = forecast + half
     return bounds
@@ -210,8 +235,8 @@ def parse_predict(body, spec: InputSpec, max_rows: int) -> Window:
 
     wall, instants, tz, sep = parse_timestamps(data[index_col], index_col)
     rows = len(wall)
-    if rows < spec.input_seq_len:
-        raise RequestError(f"{rows} rows are too few: the model needs at least {spec.input_seq_len} rows of history "
+    if rows < spec.history_rows:
+        raise RequestError(f"{rows} rows are too few: the model needs at least {spec.history_rows} rows of history "
                            f"(GET /readyz: model.history_rows)")
     if rows > max_rows:
         raise RequestError(f"{rows} rows are more than the limit of {max_rows} (MAX_ROWS)", status=413)
@@ -226,4 +251,5 @@ def parse_predict(body, spec: InputSpec, max_rows: int) -> Window:
     step = spec.frequency_seconds or (float(np.median(np.diff(wall))) if rows > 1 else 0.0)
     if step <= 0:
         raise RequestError("cannot tell the data frequency from one row; send at least two rows")
-    return Window(x=x, last_wall=float(wall[-1]), step_seconds=float(step), steps=steps, tz=tz, sep=sep)
+    scale = float(recent_change(raw[spec.target][-(spec.scale_rows + 1):])) if spec.scaled_intervals else 1.0
+    return Window(x=x, last_wall=float(wall[-1]), step_seconds=float(step), steps=steps, tz=tz, sep=sep, scale=scale)

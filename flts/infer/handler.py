@@ -1,8 +1,13 @@
 """The infer deployment's CloudEvent handlers (routing table: `flts.infer.handler:handle`).
 
-- `flts.model-selected`: load and warm the promoted model, then swap it in atomically.
-  A pointer to a missing or broken artifact is refused (logged `model_swap_refused`) and
-  the current model keeps serving. A redelivered or older promotion is skipped.
+- `flts.model-selected`: a notice that a promotion happened, never an authority (anyone
+  reaching POST / could forge it). Infer reads the pointers in PROMOTION_BUCKET
+  (flts.infer.pointers): it serves the event's identifier its champion from
+  `<identifier>/current.json` and sets the default to the champion of `current.json`,
+  each loaded and warmed before one reference is swapped. A pointer to a missing or broken
+  artifact, dated in the future or naming a bucket the settings do not, is refused (logged
+  `model_swap_refused`) and the current models keep serving. A champion already served is
+  skipped.
 - `flts.inference-data`: windowed forecasts over the claimed Parquet (its test object when
   the claim has one), written with their metrics to INFERENCE_LOG_BUCKET under
   `<identifier>/<config_hash>/<run_id>/` as new objects; a redelivery finds them and
@@ -23,10 +28,11 @@ from flts import events
 from flts.events import DataClaim, EventError, PromotionPointer
 from flts.infer import prometheus as metrics
 from flts.infer.features import TIME_FEATURES, time_features, wall_seconds
-from flts.infer.model import ModelError, ServedModel, load_model, resolve_and_load
+from flts.infer.model import ModelError, ServedModel, load_model
+from flts.infer.pointers import champion_pointer, default_pointer, refuse_future, resolved_pointer
 from flts.infer.registry import ModelRegistry
 from flts.infer.settings import ServingSettings
-from flts.logs import error, log
+from flts.logs import error, log, warn
 from flts.settings import Env
 from flts.storage import ObjectNotFound, ObjectStore, StorageError, put_json, store_from_env
 
@@ -40,7 +46,7 @@ _process_registry: ModelRegistry | None = None
 def process_registry(settings: ServingSettings) -> ModelRegistry:
     global _process_registry
     if _process_registry is None:
-        _process_registry = ModelRegistry(settings.max_models)
+        _process_registry = ModelRegistry(settings.max_models, settings.max_model_bytes)
     return _process_registry
 
 
@@ -54,39 +60,81 @@ def handle(event, env: Env) -> list:
 def apply_event(event, store: ObjectStore, settings: ServingSettings, registry: ModelRegistry) -> dict:
     data = events.parse_data(event, HANDLED)
     if event["type"] == events.MODEL_SELECTED:
-        return swap_model(store, data, settings, registry)
+        return on_model_selected(store, data, settings, registry)
     return run_inference_job(store, data, settings, registry)
 
 
 # ---------------------------------------------------------------- model-selected
 
-def swap_model(store: ObjectStore, pointer: PromotionPointer, settings: ServingSettings,
-               registry: ModelRegistry) -> dict:
-    stale = registry.is_stale(pointer)
-    if stale:
-        metrics.MODEL_SWAPS.labels("skipped").inc()
-        log("skip_idempotent", identifier=pointer.identifier, run_id=pointer.run_id, reason=stale)
-        return {"status": "skipped", "reason": stale}
+def on_model_selected(store: ObjectStore, notice: PromotionPointer, settings: ServingSettings,
+                      registry: ModelRegistry) -> dict:
+    """The event is a notice, not an authority: serve what the promotion bucket's pointers say
+    (the notice's identifier's champion, and the default), whatever the event names."""
     try:
-        model = load_model(store, pointer, settings)  # the old model serves meanwhile
+        refuse_future(notice.timestamp, settings, f"the flts.model-selected event for {notice.identifier} "
+                                                  f"(run {notice.run_id})")
+        champion = champion_pointer(store, settings, notice.identifier)
+        outcome = serve(registry, champion, load_from_pointer(store, champion, settings, registry))
     except (ObjectNotFound, ModelError, StorageError) as exc:
         metrics.MODEL_SWAPS.labels("refused").inc()
-        error("model_swap_refused", identifier=pointer.identifier, run_id=pointer.run_id,
-              artifact=f"{pointer.artifact_bucket}/{pointer.artifact_key}", error=str(exc),
-              serving=repr(registry.default))
+        error("model_swap_refused", identifier=notice.identifier, event_run_id=notice.run_id, error=str(exc),
+              serving=repr(registry.cached(notice.identifier)))
         raise
-    pinned = settings.model_identifier
-    previous = registry.install(model, make_default=not pinned or pinned == model.info.identifier)
-    mark_served(model, previous)
+    if champion.run_id != notice.run_id:  # a late event, or a forged one: logged, never obeyed
+        warn("model_selected_not_current", identifier=notice.identifier, event_run_id=notice.run_id,
+             current_run_id=champion.run_id)
+    try:
+        refresh_default(store, settings, registry)
+    except (ObjectNotFound, ModelError, StorageError) as exc:  # the identifier's champion is served all the same
+        error("default_model_kept", error=str(exc), serving=repr(registry.default))
+    return outcome
+
+
+def serve(registry: ModelRegistry, pointer: PromotionPointer, model: ServedModel) -> dict:
+    """Install `model` for its identifier; skipped when it is served already."""
+    previous = registry.cached(pointer.identifier)
+    if previous is model:
+        metrics.MODEL_SWAPS.labels("skipped").inc()
+        log("skip_idempotent", identifier=pointer.identifier, run_id=pointer.run_id, reason="already served")
+        return {"status": "skipped", "run_id": pointer.run_id}
+    mark_served(model, registry.install(pointer.identifier, model))
     metrics.MODEL_SWAPS.labels("swapped").inc()
-    log("model_swapped", identifier=model.info.identifier, run_id=model.info.run_id,
+    log("model_swapped", identifier=pointer.identifier, run_id=model.info.run_id,
         previous_run_id=previous.info.run_id if previous else None, load_seconds=round(model.load_seconds, 4))
     return {"status": "swapped", "run_id": model.info.run_id, "previous_run_id": previous.info.run_id if previous else None}
 
 
-def mark_served(model: ServedModel, previous: ServedModel | None) -> None:
-    if previous is not None and previous is not model:
-        metrics.MODEL_INFO.labels(**previous.info.labels()).set(0)
+def refresh_default(store: ObjectStore, settings: ServingSettings, registry: ModelRegistry) -> ServedModel:
+    """Make the default the champion of current.json (or of MODEL_IDENTIFIER) if it is not already."""
+    pointer = default_pointer(store, settings)
+    model = load_from_pointer(store, pointer, settings, registry)
+    if model is not registry.default:
+        mark_served(model, registry.install_default(model))
+        log("default_model_set", identifier=pointer.identifier, run_id=pointer.run_id)
+    return model
+
+
+def load_from_pointer(store: ObjectStore, pointer: PromotionPointer, settings: ServingSettings,
+                      registry: ModelRegistry) -> ServedModel:
+    """The held model of this pointer, or the model loaded and warmed (the old one serves meanwhile)."""
+    return registry.held(pointer) or load_model(store, pointer, settings)
+
+
+def load_champion(store: ObjectStore, settings: ServingSettings, registry: ModelRegistry, identifier: str) -> ServedModel:
+    """A request names an identifier that is not held: load its champion and hold it."""
+    pointer = champion_pointer(store, settings, identifier)
+    model = load_from_pointer(store, pointer, settings, registry)
+    dropped = registry.install(identifier, model, replace=False)  # one an event installed meanwhile is newer: it wins
+    held = registry.cached(identifier) or model
+    if held is model:
+        mark_served(model, dropped)
+    return held
+
+
+def mark_served(model: ServedModel, dropped: list[ServedModel]) -> None:
+    for old in dropped:
+        if old is not model:
+            metrics.MODEL_INFO.labels(**old.info.labels()).set(0)
     metrics.MODEL_INFO.labels(**model.info.labels()).set(1)
     metrics.MODEL_LOAD.set(model.load_seconds)
 
@@ -129,10 +177,11 @@ def run_inference_job(store: ObjectStore, claim: DataClaim, settings: ServingSet
 
 
 def _model_for(store, claim: DataClaim, settings, registry: ModelRegistry) -> ServedModel:
-    if claim.identifier in registry.names():
-        return registry.get(claim.identifier)
+    held = registry.cached(claim.identifier)
+    if held is not None:
+        return held
     try:
-        return resolve_and_load(store, settings, claim.identifier)
+        return load_from_pointer(store, resolved_pointer(store, settings, claim.identifier), settings, registry)
     except ObjectNotFound as exc:
         # No promoted model yet: a retry after eval has promoted one will succeed (not an EventError).
         raise RuntimeError(f"no promoted model to forecast {claim.identifier} with yet ({exc})") from None

@@ -20,12 +20,15 @@ from flts.forecasters.base import Predictor
 from flts.infer.features import InputSpec
 from flts.infer.settings import ServingSettings
 from flts.logs import log
-from flts.promotion import resolve_pointer
 from flts.storage import ObjectNotFound, ObjectStore, StorageError, get_json
 
 
 class ModelError(EventError):
     """The promoted artifact cannot be served as described (retrying will not help)."""
+
+
+class ModelTooLarge(ModelError):
+    """The artifact is larger than MAX_MODEL_BYTES: refused before it is downloaded."""
 
 
 @dataclass(frozen=True)
@@ -39,18 +42,38 @@ class ModelInfo:
     artifact_key: str
     timestamp: str
 
+    @property
+    def source(self) -> tuple[str, str, str]:
+        """What the model was loaded from: two pointers with the same source serve the same model."""
+        return self.run_id, self.artifact_bucket, self.artifact_key
+
     def labels(self) -> dict[str, str]:
         return {"identifier": self.identifier, "run_id": self.run_id, "model_type": self.model_type,
                 "config_hash": self.config_hash, "format": self.artifact_format}
 
 
 class ServedModel:
-    def __init__(self, info: ModelInfo, spec: InputSpec, predictor: Predictor, load_seconds: float):
+    def __init__(self, info: ModelInfo, spec: InputSpec, predictor: Predictor, load_seconds: float,
+                 size_bytes: int = 0):
         self.info, self.spec, self.predictor = info, spec, predictor
         self.load_seconds = load_seconds
+        self.size_bytes = size_bytes  # the artifact's bytes: what MAX_MODEL_BYTES counts
+        self.last_used = 0.0  # time.monotonic() of the last request that named it (ModelRegistry's LRU)
+        self.window_seconds: float | None = None  # its fastest run per window so far (the batcher's inline choice)
 
     def predict(self, x: np.ndarray, last_wall: np.ndarray, step: np.ndarray) -> np.ndarray:
         return self.predictor.predict(x, last_wall, step)
+
+    def timed_predict(self, x: np.ndarray, last_wall: np.ndarray, step: np.ndarray) -> np.ndarray:
+        """predict, keeping the fastest time per window: a run in a lane's thread also counts the
+        wait for the GIL, so the minimum, not the last, is the model's own time (the batcher runs
+        fast models' batches on the event loop)."""
+        started = time.perf_counter()
+        out = self.predictor.predict(x, last_wall, step)
+        seconds = (time.perf_counter() - started) / max(1, len(x))
+        if self.window_seconds is None or seconds < self.window_seconds:
+            self.window_seconds = seconds
+        return out
 
     def warm_up(self, batch_sizes=(1,)) -> None:
         """First runs allocate ORT's buffers; do them before the model takes traffic."""
@@ -85,6 +108,7 @@ def input_spec(pointer: PromotionPointer, signature: dict, artifact_format: Arti
         timestamp_column=str(field("timestamp_column") or "time"),
         frequency_seconds=float(field("frequency_seconds")) if field("frequency_seconds") else None,
         intervals=_intervals(pointer, int(field("output_seq_len"))),
+        scale_rows=pointer.intervals.scale_rows if pointer.intervals else 0,
     )
 
 
@@ -108,19 +132,30 @@ def _signature(store: ObjectStore, pointer: PromotionPointer) -> dict:
         return {}
 
 
+def check_size(pointer: PromotionPointer, size: int, settings: ServingSettings) -> None:
+    """ModelTooLarge, naming the identifier, the size and the limit, when the artifact cannot be held."""
+    if size > settings.max_model_bytes:
+        raise ModelTooLarge(f"the champion of identifier {pointer.identifier[:100]!r} (run {pointer.run_id}, "
+                            f"{pointer.artifact_bucket}/{pointer.artifact_key}) is {size:,} bytes, over "
+                            f"MAX_MODEL_BYTES={settings.max_model_bytes:,}: not loaded")
+
+
 def load_model(store: ObjectStore, pointer: PromotionPointer, settings: ServingSettings) -> ServedModel:
-    """Download, build and warm one model. ObjectNotFound / ModelError name what is wrong."""
+    """Download, build and warm one model. ObjectNotFound / ModelError name what is wrong.
+    The pointer must come from the promotion bucket, checked (flts.infer.pointers)."""
     started = time.perf_counter()
     try:  # a format that is unknown, or an artifact its loader refuses, cannot be served: ModelError
         artifact_format = forecasters.artifact_format(pointer.artifact_format)
         spec = input_spec(pointer, _signature(store, pointer), artifact_format)
+        check_size(pointer, store.size(pointer.artifact_bucket, pointer.artifact_key), settings)
         raw = store.get_bytes(pointer.artifact_bucket, pointer.artifact_key)
+        check_size(pointer, len(raw), settings)  # replaced since the size was read: still bounded
         predictor = artifact_format.load_for_serving(raw, spec, settings)
     except ArtifactError as exc:
         raise ModelError(str(exc)) from None
     info = ModelInfo(pointer.identifier, pointer.run_id, pointer.model_type, pointer.config_hash,
                      pointer.artifact_format, pointer.artifact_bucket, pointer.artifact_key, pointer.timestamp)
-    model = ServedModel(info, spec, predictor, 0.0)
+    model = ServedModel(info, spec, predictor, 0.0, len(raw))
     model.warm_up((1, settings.effective_batch_size))
     model.load_seconds = time.perf_counter() - started
     log("model_loaded", identifier=info.identifier, run_id=info.run_id, model_type=info.model_type,
@@ -129,9 +164,4 @@ def load_model(store: ObjectStore, pointer: PromotionPointer, settings: ServingS
     return model
 
 
-def resolve_and_load(store: ObjectStore, settings: ServingSettings, identifier: str | None = None) -> ServedModel:
-    pointer = resolve_pointer(store, settings.promotion_bucket, identifier or settings.model_identifier or None)
-    return load_model(store, pointer, settings)
-
-
-__all__ = ["ModelError", "ModelInfo", "ServedModel", "load_model", "resolve_and_load", "StorageError"]
+__all__ = ["ModelError", "ModelInfo", "ModelTooLarge", "ServedModel", "load_model", "StorageError"]

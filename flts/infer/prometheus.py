@@ -24,6 +24,7 @@ LATENCY = Histogram("flts_infer_request_seconds", "Request latency (server side)
 INFLIGHT = Gauge("flts_infer_inflight", "Requests admitted and not yet answered", multiprocess_mode="livesum")
 QUEUE_DEPTH = Gauge("flts_infer_queue_depth", "Requests waiting for an inference lane", multiprocess_mode="livesum")
 BATCH_SIZE = Histogram("flts_infer_batch_size", "Windows per ONNX run", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+INLINE_RUNS = Counter("flts_infer_inline_runs", "ONNX runs on the event loop (a fast model's batch; no thread)")
 REJECTIONS = Counter("flts_infer_rejections", "Requests refused by backpressure", ["reason"])
 MODEL_INFO = Gauge("flts_infer_model_info", "The served model (1) and replaced ones (0)",
                    ["identifier", "run_id", "model_type", "config_hash", "format"], multiprocess_mode="livemax")
@@ -34,7 +35,7 @@ MODEL_LOAD = Gauge("flts_infer_model_load_seconds", "Download + session + warm-u
 WORKERS = Gauge("flts_infer_workers", "Inference lanes", multiprocess_mode="livesum")
 
 # Pre-bound children: a labels() lookup per request would cost a lock and a dict build.
-PREDICT_LATENCY = LATENCY.labels("predict")
+ROUTE_LATENCY = {route: LATENCY.labels(route) for route in ("predict", "v2_infer")}
 
 
 def render() -> tuple[bytes, str]:

@@ -8,11 +8,15 @@ included) and gets "forecast" [batch, output_seq_len] back. JSON tensors only
 from __future__ import annotations
 
 import numpy as np
+import orjson
 
 from flts import forecasters
 from flts.forecasters.onnx import INPUT_NAME, OUTPUT_NAME
 from flts.infer.features import RequestError, with_intervals
 from flts.infer.model import ServedModel
+
+_NUMBER_TYPES, _INT = {int, float}, {int}
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def model_metadata(model: ServedModel) -> dict:
@@ -45,19 +49,23 @@ def parse_infer(body, model: ServedModel, max_rows: int) -> tuple[np.ndarray, st
     spec = model.spec
     shape = tensor.get("shape")
     expected = [spec.input_seq_len, len(spec.feature_columns)]
-    if (not isinstance(shape, list) or len(shape) != 3 or not all(type(d) is int for d in shape)
+    if (not isinstance(shape, list) or len(shape) != 3 or set(map(type, shape)) != _INT
             or shape[1:] != expected or not 1 <= shape[0] <= max_rows):
         raise RequestError(f"input shape must be [batch, {expected[0]}, {expected[1]}] with 1 <= batch <= {max_rows}, "
                            f"got {str(shape)[:60]}")
     data = tensor.get("data")
-    if isinstance(data, list) and any(isinstance(v, list) for v in data):
-        data = _flatten(data)  # nested (row-major) lists are allowed by the protocol
-    if not isinstance(data, list) or len(data) != shape[0] * shape[1] * shape[2]:
+    if not isinstance(data, list):
         raise RequestError(f"'data' must hold {shape[0] * shape[1] * shape[2]} numbers (row-major)")
-    if not set(map(type, data)) <= {int, float}:
+    types = set(map(type, data))  # one pass in C: a generator per value would cost more than the model
+    if list in types:
+        data = _flatten(data)  # nested (row-major) lists are allowed by the protocol
+        types = set(map(type, data))
+    if len(data) != shape[0] * shape[1] * shape[2]:
+        raise RequestError(f"'data' must hold {shape[0] * shape[1] * shape[2]} numbers (row-major)")
+    if not types <= _NUMBER_TYPES:
         raise RequestError("'data' must hold only numbers (no null, NaN, strings or booleans)")
     x = np.asarray(data, dtype=np.float64)
-    if not np.all(np.abs(x) <= np.finfo(np.float32).max):
+    if not (np.abs(x) <= _FLOAT32_MAX).all():
         raise RequestError("'data' holds a value out of the float32 range")
     request_id = body.get("id")
     return x.astype(np.float32).reshape(shape), request_id if isinstance(request_id, str) else None
@@ -80,15 +88,19 @@ def _bound_names(spec) -> list[str]:
     return [f"{OUTPUT_NAME}_{name}" for name in with_intervals(np.zeros((1, spec.output_seq_len)), spec)]
 
 
-def infer_response(model: ServedModel, forecast: np.ndarray, request_id: str | None) -> dict:
+def infer_response(model: ServedModel, forecast: np.ndarray, request_id: str | None,
+                   scale: np.ndarray | float = 1.0) -> bytes:
+    """The infer answer as JSON bytes (orjson writes the float32 arrays itself: no Python floats);
+    `scale`: each window's interval scale (flts.infer.features.interval_scales)."""
     tensors = {OUTPUT_NAME: forecast, **{f"{OUTPUT_NAME}_{name}": bound
-                                         for name, bound in with_intervals(forecast, model.spec).items()}}
+                                         for name, bound in with_intervals(forecast, model.spec, scale).items()}}
     response = {
         "model_name": model.info.identifier,
         "model_version": model.info.run_id,
-        "outputs": [{"name": name, "datatype": "FP32", "shape": list(tensor.shape), "data": tensor.ravel().tolist()}
+        "outputs": [{"name": name, "datatype": "FP32", "shape": list(tensor.shape),
+                     "data": np.ascontiguousarray(tensor, dtype=np.float32).ravel()}
                     for name, tensor in tensors.items()],
     }
     if request_id is not None:
         response["id"] = request_id
-    return response
+    return orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
