@@ -56,6 +56,10 @@ def _predict(args) -> int:
     from flts.auth import bearer_header
     from flts.dev.forecast import last_rows, request_body
 
+    if args.url is None:
+        from flts.dev.stack import StackConfig, deployment_url
+
+        args.url = deployment_url(StackConfig(), "infer")
     base = args.url.rstrip("/")
     try:
         rows = args.rows or _history_rows(base, args.timeout)
@@ -71,7 +75,20 @@ def _predict(args) -> int:
         print(f"cannot reach {args.url}: {exc} (is the stack up? `flts status`)", file=sys.stderr)
         return 1
     print(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
+    _print_status_url(answer.get("identifier"))
     return 0
+
+
+def _print_status_url(identifier: str | None) -> None:
+    """With the local stack's gateway up, where to follow the model that answered (on stderr: stdout stays JSON)."""
+    from flts.dev.stack import StackConfig, gateway_url
+
+    try:
+        gateway = gateway_url(StackConfig())
+    except Exception:  # noqa: BLE001 - a hint only: no stack state, no gateway
+        return
+    if gateway:
+        print(f"status: {gateway}/pipelines/{identifier}" if identifier else f"status page: {gateway}/", file=sys.stderr)
 
 
 def _bench(args) -> int:
@@ -98,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser("predict", help="forecast from the last rows of a CSV with a running infer (POST /predict; "
                                              "sends $PREDICT_API_KEY as a bearer token when set)")
     predict.add_argument("csv", help="a CSV with the timestamp and the model's feature columns")
-    predict.add_argument("--url", default="http://127.0.0.1:18105", help="infer's base URL (default: the local stack's)")
+    predict.add_argument("--url", default=None, help="infer's base URL (default: the local stack's infer)")
     predict.add_argument("--rows", type=int, default=None,
                          help="how many of the last rows to send (default: the model's history_rows from /readyz)")
     predict.add_argument("--timestamp-column", default="time")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from flts import eval as eval_function
-from flts import events, infer, preprocess, train
+from flts import events, gateway, infer, preprocess, train
 from flts.spec import FunctionSpec
 
 
@@ -34,7 +34,7 @@ class Deployment:
         return hash(self.name)
 
 
-SPECS: tuple[FunctionSpec, ...] = (preprocess.SPEC, train.SPEC, eval_function.SPEC, infer.SPEC)
+SPECS: tuple[FunctionSpec, ...] = (preprocess.SPEC, train.SPEC, eval_function.SPEC, infer.SPEC, gateway.SPEC)
 
 TOPICS: dict[str, str] = {
     events.DATASET_READY: "dataset-ready",

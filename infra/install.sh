@@ -3,6 +3,7 @@
 #   - Apache Kafka (KRaft) jars from Maven Central      -> $FLTS_CACHE/kafka/libs
 #   - versitygw S3 server (go install), s3proxy fallback -> $FLTS_CACHE/bin/versitygw
 #   - PostgreSQL server from Debian packages             -> /usr/lib/postgresql/*/bin
+#   - Chromium from Debian packages (the status-page test) -> /usr/bin/chromium
 # and what checks the deployment manifests with upstream code (tests/test_deploy_upstream.py):
 #   - etcd from Debian packages (etcd-server)           -> /usr/bin/etcd
 #   - kube-apiserver built from k8s.io/kubernetes        -> $FLTS_CACHE/bin/kube-apiserver
@@ -14,7 +15,7 @@
 # A second run only checks stamps and takes a couple of seconds.
 #
 # Env: FLTS_CACHE (default ~/.cache/flts), FLTS_SKIP_POSTGRES=1, FLTS_SKIP_KAFKA=1,
-#      FLTS_SKIP_S3=1, FLTS_SKIP_CHECKS=1 (no etcd/kube-apiserver/Knative checker: their
+#      FLTS_SKIP_S3=1, FLTS_SKIP_CHROMIUM=1, FLTS_SKIP_CHECKS=1 (no etcd/kube-apiserver/Knative checker: their
 #      tests then fail), FLTS_FORCE=1 (ignore the stamps and reinstall),
 #      FLTS_S3_SERVER=s3proxy (install the Java fallback S3 server instead of versitygw),
 #      FLTS_GO_TOOLCHAIN (default go1.26.8: the toolchain fetched when no Go is installed).
@@ -116,6 +117,12 @@ install_wrk() {
     apt_install wrk
 }
 
+# chromium: the headless browser of the status-page test (tests/test_gateway_stack.py)
+install_chromium() {
+    if command -v chromium >/dev/null 2>&1; then say "chromium: present"; return; fi
+    apt_install chromium
+}
+
 # ---------------------------------------------------------------- PostgreSQL
 install_postgres() {
     local found
@@ -197,6 +204,7 @@ if [[ -z "${FLTS_SKIP_S3:-}" ]]; then
 fi
 [[ -n "${FLTS_SKIP_POSTGRES:-}" ]] || install_postgres
 [[ -n "${FLTS_SKIP_WRK:-}" ]] || install_wrk
+[[ -n "${FLTS_SKIP_CHROMIUM:-}" ]] || install_chromium
 [[ -n "${FLTS_SKIP_CHECKS:-}" ]] || install_checks
 ms=$(( ($(date +%s%N) - t0) / 1000000 ))
 say "infra: installed in $((ms / 1000)).$(( (ms % 1000) / 100 ))s (cache $CACHE)"

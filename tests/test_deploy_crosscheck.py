@@ -26,9 +26,10 @@ REQUIRED = {
     "train": {"S3_ENDPOINT", "S3_ACCESS_KEY", "S3_SECRET_KEY", "MLFLOW_TRACKING_URI", "MODEL_TYPE"},
     "eval": {"S3_ENDPOINT", "S3_ACCESS_KEY", "S3_SECRET_KEY", "MLFLOW_TRACKING_URI", "EXPECTED_MODEL_TYPES"},
     "infer": {"S3_ENDPOINT", "S3_ACCESS_KEY", "S3_SECRET_KEY", "MAX_INFLIGHT"},
+    "gateway": {"S3_ENDPOINT", "S3_ACCESS_KEY", "S3_SECRET_KEY", "MLFLOW_TRACKING_URI", "MAX_INFLIGHT"},
 }
 # ConfigMap values that differ from the code's defaults on purpose: cluster endpoints.
-CLUSTER_SPECIFIC = {"S3_ENDPOINT", "MLFLOW_TRACKING_URI"}
+CLUSTER_SPECIFIC = {"S3_ENDPOINT", "MLFLOW_TRACKING_URI", "KAFKA_BOOTSTRAP_SERVERS"}
 
 
 def code_files() -> list[Path]:

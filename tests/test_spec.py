@@ -10,7 +10,7 @@ import pytest
 from flts import embedded, events, forecasters, routing
 from flts.spec import Capacity, FunctionSpec, Scaling, Server
 
-FUNCTIONS = ("preprocess", "train", "eval", "infer")
+FUNCTIONS = ("preprocess", "train", "eval", "infer", "gateway")
 
 
 def test_one_spec_per_function_package_named_like_its_folder(repo):
@@ -28,7 +28,7 @@ def test_every_handler_and_settings_model_loads():
 
 def test_deployments_are_the_specs_variants_and_trainers_follow_the_forecaster_registry():
     assert [d.name for d in routing.DEPLOYMENTS] == ["preprocess", *(f"train-{m.lower()}" for m in forecasters.names()),
-                                                    "eval", "infer"]
+                                                    "eval", "infer", "gateway"]
     trainers = [d for d in routing.DEPLOYMENTS if d.function == "train"]
     assert [d.env["MODEL_TYPE"] for d in trainers] == list(forecasters.names())
     assert all(d.subscribes == d.spec.takes for d in routing.DEPLOYMENTS)
@@ -40,7 +40,10 @@ def test_what_functions_take_and_emit_is_routable_and_someone_takes_every_emitte
         assert set(spec.takes) | set(spec.emits) <= set(routing.TOPICS)
     emitted = {t for spec in routing.SPECS for t in spec.emits}
     assert emitted <= taken, f"nobody takes {sorted(emitted - taken)}"
-    assert events.DATASET_READY in taken - emitted  # uploads come from outside
+    # uploads come from outside: the gateway (it takes nothing) or a CloudEvent written to Kafka
+    starters = {t for spec in routing.SPECS if not spec.takes for t in spec.emits}
+    assert starters == {events.DATASET_READY} and events.DATASET_READY not in {
+        t for spec in routing.SPECS if spec.takes for t in spec.emits}
 
 
 def test_scaling_class_matches_the_server_and_capacity():

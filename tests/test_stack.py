@@ -44,7 +44,9 @@ def test_plan_gives_every_deployment_its_process_port_and_env(offline_cfg):
     for model in forecasters.names():
         assert by_name[f"fn-train-{model.lower()}"].env["MODEL_TYPE"] == model
     for p in functions:
-        assert p.env["K_SINK"] == f"{offline_cfg.ingress_url}from/{p.name.removeprefix('fn-')}"
+        takes = routing.deployment(p.name.removeprefix("fn-")).subscribes  # the gateway starts chains: the plain `/`
+        assert p.env["K_SINK"] == (f"{offline_cfg.ingress_url}from/{p.name.removeprefix('fn-')}" if takes
+                                   else offline_cfg.ingress_url)
         assert p.env["KAFKA_BOOTSTRAP_SERVERS"] == fi.kafka_bootstrap(offline_cfg.infra)
         assert p.env["S3_ENDPOINT"] and p.env["MLFLOW_TRACKING_URI"]
     pre = by_name["fn-preprocess"]
@@ -52,9 +54,12 @@ def test_plan_gives_every_deployment_its_process_port_and_env(offline_cfg):
                                                         str(pre.port)]
     assert by_name["fn-infer"].command[1:3] == ["-m", "flts.dev.frontdoor"]  # a request server: scale to zero
     assert by_name["fn-infer"].scale_to_zero and by_name["fn-infer"].health_url.endswith("/_frontdoor/status")
+    gateway = by_name["fn-gateway"]  # a request server that takes no events: always up, not behind the door
+    assert gateway.command[1:3] == ["-m", "uvicorn"] and not gateway.scale_to_zero
+    assert gateway.health_url == gateway.url.rstrip("/") + "/healthz"
     dispatcher = by_name["dispatcher"]
     targets = dispatcher.env["DISPATCH_TARGETS"].split(",")
-    assert targets == [f"{p.name[3:]}={p.url}" for p in functions]
+    assert targets == [f"{p.name[3:]}={p.url}" for p in functions if p.name != "fn-gateway"]
     assert dispatcher.env["DISPATCH_INGRESS_PORT"] == str(offline_cfg.dispatcher_port)
 
 
@@ -71,9 +76,7 @@ def test_every_function_process_serves_the_entry_its_spec_names(offline_cfg):
             assert spec.scaling is Scaling.REQUEST_SERVER
             continue
         source = stack.FUNCTIONS_DIR / spec.name / "main.py"
-        assert proc.command[1:3] == ["-m", "functions_framework"]
-        assert proc.command[proc.command.index("--source") + 1] == str(source) and source.is_file()
-        assert proc.command[proc.command.index("--target") + 1] == spec.entry
+        assert proc.command == spec.server_command(offline_cfg.host, proc.port, str(source.parent)) and source.is_file()
 
 
 def test_port_in_use_is_reported_clearly(offline_cfg):

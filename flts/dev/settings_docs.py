@@ -19,6 +19,7 @@ MODELS = {
     "train": "flts.train.settings:TrainSettings",
     "eval": "flts.eval.settings:EvalSettings",
     "infer": "flts.infer.settings:ServingSettings",
+    "gateway": "flts.gateway.settings:GatewaySettings",
     "dispatcher": "flts.dispatcher.settings:DispatchSettings",
     "frontdoor": "flts.dev.frontdoor:FrontdoorSettings",
     "logging": "flts.logs:LogSettings",

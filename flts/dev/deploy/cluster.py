@@ -38,7 +38,7 @@ RETRIES = 5
 # with PyPI's CUDA wheel, about 2 GB from a CPU wheel index), eval MLflow and prophet, preprocess
 # pandas, infer onnxruntime only. A cold start counts against a request's time on Knative (the
 # activator's timer runs while it waits for the pod) and against every caller's timeout.
-COLD_START_SECONDS = {"preprocess": 120, "train": 300, "eval": 180, "infer": 120}
+COLD_START_SECONDS = {"preprocess": 120, "train": 300, "eval": 180, "infer": 120, "gateway": 60}
 
 
 class Edition(StrEnum):
@@ -69,6 +69,7 @@ DEFAULTS = RenderOptions()
 ENDPOINTS = {
     "S3_ENDPOINT": "s3.flts.svc.cluster.local:9000",
     "MLFLOW_TRACKING_URI": "http://mlflow.flts.svc.cluster.local:5000",
+    "KAFKA_BOOTSTRAP_SERVERS": KAFKA_BOOTSTRAP,  # the gateway reads the dead letters (dlq-*)
 }
 SHARED_KNOBS = (
     "S3_SECURE", "S3_REGION",

@@ -12,6 +12,9 @@ Around the Broker: a KafkaSource bridges the topics nothing in the cluster produ
 (`dataset-ready`, written by uploads) into the Broker, and "record" Triggers copy every
 emitted event into its named topic through a KafkaSink, so the topics of the contract
 carry the same events as on the local stack. The two sets are disjoint, so no loop.
+A function that takes no events (the gateway) starts chains, like an upload written to Kafka: its
+K_SINK is the KafkaSink of the topic it emits (`dataset-ready`), and the KafkaSource brings its
+events into the Broker with the others; recording them too would loop.
 
 The Service runs the image's server directly on :8080 (`python /app/index.py --listen
 0.0.0.0:8080`) instead of its default of-watchdog, so queue-proxy talks to it with no extra hop.
@@ -84,10 +87,23 @@ def _secret_keys() -> list[str]:
     return sorted({k for spec in routing.SPECS for k in spec.secrets})
 
 
+def starts_chains(d: Deployment) -> bool:
+    """A deployment that takes no events (the gateway): what it emits enters through Kafka, as uploads do."""
+    return not d.subscribes
+
+
 def emitted_types() -> list[str]:
-    """Event types some function emits, in routing-table order."""
-    emitted = {t for d in emitters() for t in d.spec.emits}
+    """Event types some function inside a chain emits, in routing-table order (recorded into their topics)."""
+    emitted = {t for d in emitters() if not starts_chains(d) for t in d.spec.emits}
     return [t for t in routing.TOPICS if t in emitted]
+
+
+def _chain_start_sink(d: Deployment) -> dict:
+    """The KafkaSink of the one topic a chain-starting deployment writes."""
+    if len(d.spec.emits) != 1:
+        raise ValueError(f"{d.name} takes no events, so its K_SINK is one topic's KafkaSink: it must emit one "
+                         f"event type, not {list(d.spec.emits)}")
+    return _ref(KAFKA_SINK_API, routing.topic_of(d.spec.emits[0]))
 
 
 def ingress_types() -> list[str]:
@@ -223,6 +239,8 @@ def kafka_sink(topic: str, replication: int) -> dict:
 
 def kafka_sinks(replication: int) -> list[dict]:
     records = [routing.topic_of(t) for t in emitted_types()]
+    records += [routing.topic_of(t) for d in emitters() if starts_chains(d) for t in d.spec.emits if
+                routing.topic_of(t) not in records]
     dlqs = [routing.dlq_topic(t) for t in routing.TOPICS.values()]
     return [kafka_sink(topic, replication) for topic in records + dlqs]
 
@@ -244,10 +262,10 @@ def ingress_sources() -> list[dict]:
 
 
 def sink_bindings() -> list[dict]:
-    """K_SINK = the Broker for every Service that emits events."""
+    """K_SINK = the Broker for every Service that emits events (a chain's start: its topic's KafkaSink)."""
     return [_object(SINK_BINDING_API, _meta(f"{d.name}-emits"), spec={
         "subject": _ref(SERVICE_API, d.name)["ref"],
-        "sink": _ref(BROKER_API, BROKER),
+        "sink": _chain_start_sink(d) if starts_chains(d) else _ref(BROKER_API, BROKER),
     }) for d in emitters()]
 
 

@@ -35,6 +35,8 @@ GRANTS: dict[str, dict[str, str]] = {
     "train": {"processed-data": READ},
     "eval": {"processed-data": READ, "model-promotion": WRITE},
     "infer": {"model-promotion": READ, "processed-data": READ, "inference-logs": WRITE},
+    # uploads go into raw-data; downloads and the status read the outputs
+    "gateway": {"raw-data": WRITE, "processed-data": READ, "model-promotion": READ, "inference-logs": READ},
 }
 _BUCKET_ACTIONS = ["s3:ListBucket", "s3:GetBucketLocation"]  # list, HEAD bucket, the SDK's region lookup
 _OBJECT_ACTIONS = {READ: ["s3:GetObject"], WRITE: ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"]}
