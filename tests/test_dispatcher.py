@@ -32,6 +32,7 @@ from flts.dispatcher.settings import DispatchSettings
 from flts.spec import functions_framework_command
 
 pytestmark = pytest.mark.stack
+FUNCTION_THREADS = 4  # requests the test function serves at once (gunicorn gthread)
 
 FUNCTION_SOURCE = '''
 """Test function: answers `test.ping` with `test.pong` {"in": <id>}; data steers it:
@@ -109,7 +110,8 @@ class FunctionProcess:
 
     def start(self) -> FunctionProcess:
         command = functions_framework_command(str(self.source), "fn", "127.0.0.1", self.port)
-        self.proc = processes.spawn(command, env={"FN_STATE": str(self.state), "THREADS": "4"}, log_path=self.log)
+        self.proc = processes.spawn(command, env={"FN_STATE": str(self.state), "THREADS": str(FUNCTION_THREADS)},
+                                    log_path=self.log)
         processes.wait_until(lambda: processes.http_ok(self.url), 60, proc=self.proc, what="the test function",
                              log_path=self.log, interval=0.1)
         return self
@@ -349,19 +351,19 @@ def test_ingress_writes_events_to_the_topic_of_their_type(infra, tmp_path):
         bus.close()
 
 
-def test_consumer_loop_survives_an_error_and_a_failed_seek(bus, function, monkeypatch):
-    """Whatever escapes a poll or settle restarts the Kafka consumer; a rewind on a revoked partition is harmless."""
+def test_consumer_loop_survives_an_error(bus, function, monkeypatch):
+    """Whatever escapes the loop thread restarts the Kafka consumer; the record comes again from the last commit."""
     from flts.dispatcher.consumer import ConsumerLoop
 
-    original, calls = ConsumerLoop.process, []
+    original, calls = ConsumerLoop.take, []
 
-    def flaky(self, consumer, client, tp, record):
+    def flaky(self, session, tp, record):
         calls.append(record.offset)
         if len(calls) == 1:
             raise RuntimeError("injected: the consumer broke")
-        return original(self, consumer, client, tp, record)
+        return original(self, session, tp, record)
 
-    monkeypatch.setattr(ConsumerLoop, "process", flaky)
+    monkeypatch.setattr(ConsumerLoop, "take", flaky)
     monkeypatch.setattr("flts.dispatcher.consumer.RESTART_PAUSE_SEC", 0.1)
     dispatcher = bus.dispatcher()
     event = ping()
@@ -370,14 +372,6 @@ def test_consumer_loop_survives_an_error_and_a_failed_seek(bus, function, monkey
     loop = dispatcher.loops[0]
     assert loop.is_alive() and loop.stats.restarts == 1 and "injected" in loop.stats.last_error
     assert calls == [0, 0]  # the record came again from the last commit
-
-    class Revoked:
-        def seek(self, tp, offset):
-            raise AssertionError("Unassigned partition")
-
-    from kafka import TopicPartition
-
-    loop._rewind(Revoked(), TopicPartition(bus.inbox, 0), 0)  # logged, not raised: the thread would die otherwise
 
 
 def test_replay_puts_dead_letters_back_once(bus, function, tmp_path):
@@ -427,3 +421,22 @@ def test_ingress_refuses_an_output_of_no_delivery_in_flight(bus, function):
                         trust_env=False)
     assert answer.status_code == 409 and "no delivery to" in answer.json()["error"]
     assert httpx.post(dispatcher.ingress_url + "elsewhere", content=b"{}", trust_env=False).status_code == 404
+
+
+def test_a_deployment_gets_no_more_in_flight_than_its_limit():
+    from flts.dispatcher.settings import DispatchSettings
+
+    settings = DispatchSettings("k:9092", concurrency=32, limits="train-gru=1, eval=4,infer=64")
+    assert [settings.concurrency_for(n) for n in ("train-gru", "eval", "infer", "preprocess")] == [1, 4, 32, 32]
+    with pytest.raises(ValueError, match="DISPATCH_LIMITS: 'eval=0' needs a whole number >= 1"):
+        DispatchSettings("k:9092", limits="eval=0").concurrency_for("eval")
+
+
+def test_the_local_stack_limits_each_deployment_to_its_capacity():
+    from flts.dev import stack
+
+    dispatcher = next(p for p in stack.plan(stack.StackConfig()) if p.kind == "dispatcher")
+    limits = dict(item.split("=") for item in dispatcher.env["DISPATCH_LIMITS"].split(","))
+    assert limits["train-gru"] == "1" and limits["eval"] == "1"
+    targets = {item.split("=")[0] for item in dispatcher.env["DISPATCH_TARGETS"].split(",")}
+    assert set(limits) == targets

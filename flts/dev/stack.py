@@ -87,11 +87,17 @@ HEALTH_PATH = "/healthz"  # what a healthy function process or the dispatcher an
 FRONTDOOR_STATUS_PATH = "/_frontdoor/status"  # flts.dev.frontdoor.STATUS_PATH
 
 
+def behind_frontdoor(spec: FunctionSpec) -> bool:
+    """A request server that takes events (infer) scales to zero behind the front door; the gateway
+    (it takes none: the stack's way in) always runs."""
+    return spec.scaling is Scaling.REQUEST_SERVER and bool(spec.takes)
+
+
 def function_command(spec: FunctionSpec, port: int, host: str) -> list[str]:
-    """The spec's own server on `port`; a request server (infer) instead gets the scale-to-zero
-    front door there, which starts `python -m flts.infer serve` on a private port when a request
-    comes and stops it after SCALE_TO_ZERO_GRACE_SECONDS without traffic."""
-    if spec.scaling is Scaling.REQUEST_SERVER:
+    """The spec's own server on `port`; infer instead gets the scale-to-zero front door there,
+    which starts `python -m flts.infer serve` on a private port when a request comes and stops it
+    after SCALE_TO_ZERO_GRACE_SECONDS without traffic."""
+    if behind_frontdoor(spec):
         return [sys.executable, "-m", "flts.dev.frontdoor", "--host", host, "--port", str(port)]
     return spec.server_command(host, port, source_dir=str(FUNCTIONS_DIR / spec.name))
 
@@ -108,19 +114,23 @@ def plan(cfg: StackConfig, deployments: list[str] | None = None) -> list[Process
         url = f"http://{cfg.host}:{port}/"
         # its own S3 account where the server has accounts (flts.dev.infra.s3.GRANTS), and its own
         # ingress path: the dispatcher then knows which delivery an output belongs to (flts.dispatcher.dedup)
+        # A function that takes no events (the gateway) starts chains: it posts to the plain ingress `/`.
+        sink = f"{cfg.ingress_url}from/{deployment.name}" if deployment.spec.takes else cfg.ingress_url
         env = {**base_env, **infra.function_env(cfg.infra, deployment.function), **deployment.env,
-               "FLTS_DEPLOYMENT": deployment.name,
-               "K_SINK": f"{cfg.ingress_url}from/{deployment.name}"}
+               "FLTS_DEPLOYMENT": deployment.name, "K_SINK": sink}
         # A front door answers its own status route: probing /healthz through it would wake the function.
-        frontdoor = deployment.spec.scaling is Scaling.REQUEST_SERVER
+        frontdoor = behind_frontdoor(deployment.spec)
         health = url.rstrip("/") + (FRONTDOOR_STATUS_PATH if frontdoor else HEALTH_PATH)
         command = function_command(deployment.spec, port, cfg.host)
         planned.append(Process(f"fn-{deployment.name}", "function", port, command, env, health, url,
                                scale_to_zero=frontdoor))
-        targets[deployment.name] = url
+        if deployment.subscribes:  # the dispatcher delivers to it
+            targets[deployment.name] = url
     dispatcher_env = {
         **infra.client_env(cfg.infra),
         "DISPATCH_TARGETS": ",".join(f"{name}={url}" for name, url in targets.items()),
+        # one process per function here: no more in flight than one instance takes (its spec's capacity)
+        "DISPATCH_LIMITS": ",".join(f"{name}={routing.deployment(name).spec.capacity.concurrency}" for name in targets),
         "DISPATCH_INGRESS_HOST": cfg.host,
         "DISPATCH_INGRESS_PORT": str(cfg.dispatcher_port),
         "PYTHONUNBUFFERED": "1",
@@ -483,6 +493,62 @@ def upload(cfg: StackConfig | None, csv: Path, test_csv: Path | None = None, ide
     return event, topic, offset
 
 
+# --------------------------------------------------------------------------- upload through the gateway
+GATEWAY = "fn-gateway"
+
+
+class GatewayBusy(StackError):
+    """The gateway stored the upload but could not write its event (Kafka down): retry later."""
+
+
+def deployment_url(cfg: StackConfig, name: str) -> str:
+    """Where the local stack serves a deployment (FLTS_FUNCTION_BASE_PORT + its index in the routing table)."""
+    index = [d.name for d in routing.DEPLOYMENTS].index(name)
+    return f"http://{cfg.host}:{cfg.function_base_port + index}"
+
+
+def gateway_url(cfg: StackConfig) -> str | None:
+    """The running gateway's base URL, or None when it is not part of the stack or does not answer."""
+    proc = next((p for p in _load_plan(cfg) or [] if p.name == GATEWAY), None)
+    return proc.url.rstrip("/") if proc and processes.http_ok(proc.health_url, timeout=2.0) else None
+
+
+def gateway_token(cfg: StackConfig) -> str:
+    """What the stack's gateway requires: GATEWAY_TOKEN when the shell sets one, else the stack's EVENT_TOKEN."""
+    return os.environ.get("GATEWAY_TOKEN", "").strip() or infra.event_token(cfg.infra)
+
+
+def upload_via_gateway(base: str, token: str, csv: Path, test_csv: Path | None = None,
+                       identifier: str | None = None, timeout: float = 300.0) -> dict:
+    """POST the test file (if any), then the training file, streamed; returns the gateway's 202 answer."""
+    import httpx
+
+    from flts.auth import bearer_header
+
+    identifier = identifier or Path(csv).stem
+    headers = {"Content-Type": "text/csv", **bearer_header(token)}
+    with httpx.Client(base_url=base, timeout=timeout, trust_env=False, headers=headers) as client:
+        query = ""
+        if test_csv:
+            with open(test_csv, "rb") as fh:
+                stored = _gateway_answer(client.post(f"/upload/{identifier}", params={"part": "test"}, content=fh))
+            query = f"?test={stored['test']}"
+        with open(csv, "rb") as fh:
+            return _gateway_answer(client.post(f"/upload/{identifier}{query}", content=fh))
+
+
+def _gateway_answer(response) -> dict:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"error": response.text[:300]}
+    if response.status_code == 503:
+        raise GatewayBusy(f"gateway: {body.get('error')} (Retry-After {response.headers.get('retry-after')}s)")
+    if response.status_code >= 300:
+        raise StackError(f"gateway answered {response.status_code}: {body.get('error', body)}")
+    return body
+
+
 # --------------------------------------------------------------------------- CLI
 def _cli_up(args) -> int:
     cfg = StackConfig()
@@ -492,8 +558,10 @@ def _cli_up(args) -> int:
     except StackError as exc:
         raise StackError(f"{exc}\n(what did start keeps running: `flts status`, `flts down`)") from None
     print(format_status(status(cfg)))
-    print(f"\nupload a dataset:  flts upload data/lte/PobleSec.csv --test data/lte/PobleSec_test.csv\n"
-          f"logs:              {cfg.infra.state_dir / 'logs'}")
+    gateway = gateway_url(cfg)
+    print("\nupload a dataset:  flts upload data/lte/PobleSec.csv --test data/lte/PobleSec_test.csv\n"
+          + (f"status page:       {gateway}/  (uploads need Authorization: Bearer $EVENT_TOKEN)\n" if gateway else "")
+          + f"logs:              {cfg.infra.state_dir / 'logs'}")
     return 0
 
 
@@ -513,16 +581,30 @@ def _cli_upload(args) -> int:
     from flts.dev.watch import Watch
 
     cfg = StackConfig()
+    csv, test = Path(args.csv), Path(args.test) if args.test else None
+    gateway = None if args.kafka else gateway_url(cfg)
     watch = None if args.no_wait else Watch(infra.kafka_bootstrap(cfg.infra))  # before the event exists
-    event, topic, offset = upload(cfg, Path(args.csv), Path(args.test) if args.test else None,
-                                  args.identifier)
-    data = event.data
-    print(f"uploaded {data['bucket']}/{data['object_key']}"
-          + (f" and {data['bucket']}/{data['test_object_key']}" if data.get("test_object_key") else ""))
-    print(f"produced {event['type']} id={event['id']} to {topic} (offset {offset})", flush=True)
+    if gateway:  # the HTTP way in: streamed to the gateway, which emits flts.dataset.ready
+        answer = upload_via_gateway(gateway, gateway_token(cfg), csv, test, args.identifier)
+        identifier = answer["identifier"]
+        print(f"uploaded {answer['bucket']}/{answer['object_key']}"
+              + (f" and {answer['bucket']}/{answer['test_object_key']}" if answer.get("test_object_key") else "")
+              + f" through the gateway {gateway}")
+        print(f"{'already uploaded: the pipeline ran for these bytes' if answer['duplicate'] else 'started'}: "
+              f"id={answer['id']}\nstatus: {answer['status_url']}  (page: {gateway}/)", flush=True)
+        if answer["duplicate"] and watch is not None:
+            watch.consumer.close(autocommit=False)
+            return 0
+    else:  # the CloudEvents way in: the objects, then the event written to Kafka
+        event, topic, offset = upload(cfg, csv, test, args.identifier)
+        data = event.data
+        identifier = data["identifier"]
+        print(f"uploaded {data['bucket']}/{data['object_key']}"
+              + (f" and {data['bucket']}/{data['test_object_key']}" if data.get("test_object_key") else ""))
+        print(f"produced {event['type']} id={event['id']} to {topic} (offset {offset})", flush=True)
     if watch is None:
         return 0
-    outcome = watch.until_outcome(data["identifier"], args.timeout, lambda line: print(line, flush=True))
+    outcome = watch.until_outcome(identifier, args.timeout, lambda line: print(line, flush=True))
     if outcome.ok:
         return 0
     if outcome.dead_letter is not None:
@@ -585,10 +667,13 @@ def add_parser(sub) -> None:
     p = sub.add_parser("status", help="what runs where, and whether it is healthy (exit 3 if not)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_guarded(_cli_status))
-    p = sub.add_parser("upload", help="put a CSV into the raw-data bucket and start the pipeline through Kafka")
+    p = sub.add_parser("upload", help="upload a CSV and start the pipeline: through the gateway when it is up, "
+                                      "else into the raw-data bucket and a CloudEvent onto Kafka")
     p.add_argument("csv", help="the training CSV (a timestamp column and numeric columns)")
     p.add_argument("--test", help="a held-out test CSV (default: preprocess splits the training CSV by time)")
     p.add_argument("--identifier", help="dataset identifier (default: the CSV's file name without .csv)")
+    p.add_argument("--kafka", action="store_true", help="write the event to Kafka yourself even when the gateway "
+                                                        "is up (default: upload through the gateway when it answers)")
     p.add_argument("--no-wait", action="store_true", help="return once the event is on Kafka (default: wait "
                                                           "for the promotion or a dead letter, and say which)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait (default: 1800)")

@@ -7,6 +7,9 @@ Knative's KafkaSource + Broker play on a cluster:
   with its own consumer group `flts-<deployment>`) reads the topics of the event types the
   deployment subscribes to, POSTs each event as a binary-mode CloudEvent, and commits the
   offset only after the event is settled (at-least-once; auto-commit is off).
+- Up to DISPATCH_CONCURRENCY deliveries per deployment are in flight at once; events with the
+  same Kafka key (the dataset identifier) go one after the other, in order. The committed
+  offset is each partition's watermark: it never passes an event that has not settled.
 - Settled means: a 2xx (its reply events written to their topics first), or a dead letter
   written to `dlq-<topic>`. 5xx/408/409/429 and connection errors are retried with
   exponential backoff honouring Retry-After, up to DISPATCH_MAX_RETRIES; any other 4xx
@@ -25,7 +28,8 @@ Knative's KafkaSource + Broker play on a cluster:
 
 Modules, one concern each: `settings` (DispatchSettings), `routes` (the routing table as
 subscriptions and topics), `codec` (Kafka message ⇄ CloudEvent), `producer` (EventProducer,
-`publish`), `delivery` (POST, retry, replies, dead-letter envelope), `consumer` (ConsumerLoop),
+`publish`), `delivery` (POST, retry, replies, dead-letter envelope), `consumer` (ConsumerLoop), `lanes` (KeyedPool:
+per-key order across worker threads), `watermark` (how far a commit may go),
 `ingress` (the HTTP ingress), `dedup` (each outcome written once), `deadletters` (count,
 replay); here the Dispatcher that runs them and `main`.
 
@@ -42,7 +46,7 @@ import time
 from collections.abc import Mapping
 
 from flts import events
-from flts.dispatcher.codec import event_from_kafka, event_to_kafka
+from flts.dispatcher.codec import event_from_kafka, event_to_kafka, kafka_key
 from flts.dispatcher.consumer import ConsumerLoop
 from flts.dispatcher.dedup import Written, seed, write_once
 from flts.dispatcher.ingress import IngressServer, NotInFlight, events_from_request
@@ -127,8 +131,8 @@ class Dispatcher:
         sender: the deployment that posted (its K_SINK path); its delivery in flight gives the
         chain's root, and without one in flight the post is refused (NotInFlight).
         """
-        root = None if sender is None else self._root_in_flight(sender)
         found = events_from_request(headers, body)
+        roots = [None] * len(found) if sender is None else self._roots_in_flight(sender, found)
         planned = []
         for event in found:
             topic = self.routes.topic_of(event["type"])
@@ -136,7 +140,7 @@ class Dispatcher:
                 events.parse_data(event)  # a claim that breaks its contract is refused here, not downstream
             planned.append((topic, event))
         accepted = []
-        for topic, event in planned:
+        for (topic, event), root in zip(planned, roots, strict=True):
             offset, duplicate = write_once(self.producer, self.written, topic, event, root)
             accepted.append({"id": event["id"], "type": event["type"], "topic": topic, "offset": offset,
                              "duplicate": duplicate})
@@ -144,12 +148,23 @@ class Dispatcher:
             duplicates=[a["id"] for a in accepted if a["duplicate"]])
         return accepted
 
-    def _root_in_flight(self, sender: str) -> str:
-        root = next((loop.inflight_root for loop in self.loops if loop.sub.deployment == sender), None)
-        if root is None:
+    def _roots_in_flight(self, sender: str, found: list) -> list[str | None]:
+        """Each posted event's chain root: that of the delivery in flight with the same Kafka key (the
+        dataset; one per key at a time), else the one root all deliveries in flight share."""
+        roots = next((loop.roots_in_flight() for loop in self.loops if loop.sub.deployment == sender), {})
+        if not roots:
             raise NotInFlight(f"no delivery to {sender!r} is in flight: this output belongs to a delivery the "
                               f"dispatcher no longer waits for (its input is uncommitted and will come again)")
-        return root
+        shared = set(roots.values())
+        only = shared.pop() if len(shared) == 1 else None
+        matched = []
+        for event in found:
+            key = kafka_key(event)
+            root = roots.get(key.encode() if key else None) or only
+            if root is None:  # written without a chain root: no dedup for it, but never lost
+                warn("ingress_root_unknown", sender=sender, event_id=event["id"], key=key, in_flight=len(roots))
+            matched.append(root)
+        return matched
 
 
 def main(env: Env | None = None) -> int:

@@ -76,12 +76,17 @@ def _from_structured(content_type: str, value: bytes) -> CloudEvent:
                                     envelope_unmarshaller=lambda _raw: structure)
 
 
+def kafka_key(event) -> str | None:
+    """The record key of an event: the `partitionkey` extension, else the subject (the dataset identifier)."""
+    return event.get("partitionkey") or event.get("subject")
+
+
 def event_to_kafka(event) -> ce_kafka.KafkaMessage:
-    """Binary content mode; the key is the subject (or the `partitionkey` extension)."""
+    """Binary content mode; the key is `kafka_key(event)`."""
     return ce_kafka.to_binary(
         event,
         data_marshaller=lambda data: data if isinstance(data, bytes) else orjson.dumps(data),
-        key_mapper=lambda e: e.get("partitionkey") or e.get("subject"),
+        key_mapper=kafka_key,
     )
 
 

@@ -1,14 +1,25 @@
-"""One consumer loop per deployment: poll one record, deliver it, settle it, commit; repeat.
+"""One consumer loop per deployment: poll records, deliver several at once, settle each, commit the watermark.
 
-At-least-once: auto-commit is off and a record's offset is committed only once it is settled,
-i.e. a 2xx (its reply events written to their topics first) or a dead letter written to
-`dlq-<topic>`. A message that is not a CloudEvent, or whose type the deployment does not
-take, is dead-lettered too: a poison message never blocks a topic.
+Concurrency (DISPATCH_CONCURRENCY deliveries in flight per deployment): the loop thread owns
+the Kafka consumer and hands each record to a `KeyedPool`, one lane per record key (the
+dataset identifier): one dataset's events reach the function one after the other, in
+order; other datasets' go at the same time. At most a few times DISPATCH_CONCURRENCY records
+wait in memory; beyond that the partitions are paused (still polled, so the group keeps us).
 
-The loop outlives its errors: anything that escapes a poll or a settle closes the Kafka
-consumer and opens a new one after a pause (`dispatch_consumer_restart`); uncommitted records
-then come again from the last commit. A replayed dead letter (header `flts_replay_for`) is
-delivered to the deployment it names only; the others commit it and move on.
+At-least-once: auto-commit is off; a record is *settled* once it is delivered (a 2xx, its
+reply events written to their topics first) or dead-lettered to `dlq-<topic>`, and the
+committed offset is the `Watermark` of each partition: it never passes a record that has
+not settled, whatever order they settle in. A crash re-delivers everything after it.
+A message that is not a CloudEvent, or whose type the deployment does not take, is
+dead-lettered too: a poison message never blocks a topic.
+
+The loop outlives its errors: a record whose settling fails (Kafka unreachable while
+writing a reply) is settled again after a backoff, its key's lane waiting; anything that
+escapes a poll closes the Kafka consumer and opens a new one after a pause
+(`dispatch_consumer_restart`); uncommitted records then come again from the last commit,
+and the old consumer's late results are ignored. A replayed dead letter (header
+`flts_replay_for`) is delivered to the deployment it names only; the others settle it
+and move on.
 """
 from __future__ import annotations
 
@@ -16,23 +27,30 @@ import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-import httpx
 import orjson
 
 from flts import routing
+from flts.auth import event_token
 from flts.dispatcher.codec import event_from_kafka
 from flts.dispatcher.deadletters import REPLAY_FOR_HEADER
 from flts.dispatcher.dedup import Written, root_of, write_once
-from flts.dispatcher.delivery import DeliveryResult, dead_letter_envelope, deliver, reply_events
+from flts.dispatcher.delivery import DeliveryResult, dead_letter_envelope, deliver, reply_events, retry_delay
+from flts.dispatcher.httpclient import PooledClient
+from flts.dispatcher.lanes import KeyedPool
 from flts.dispatcher.producer import EventProducer
 from flts.dispatcher.routes import Routes, Subscription
 from flts.dispatcher.settings import DispatchSettings
+from flts.dispatcher.watermark import Watermark
 from flts.events import EventError
 from flts.logs import error, log, warn
 
 RESTART_PAUSE_SEC = 2.0  # before a consumer that failed is opened again
 SESSION_TIMEOUT_MS = 10_000
+BUFFER_PER_WORKER, MIN_BUFFER = 4, 64  # records held in memory (per delivery slot) before fetching pauses
+POLL_IDLE_MS, POLL_BUSY_MS = 500, 50  # busy: come back soon to commit what settled
+STOP_DRAIN_SEC = 10.0  # on stop, how long deliveries in flight may finish (then their records come again)
 
 
 class _Stopping(Exception):
@@ -46,12 +64,75 @@ class LoopStats:
     retried_records: int = 0
     replies: int = 0
     restarts: int = 0  # the Kafka consumer failed and was opened again
+    pending: int = 0  # records taken and not settled yet (in flight or waiting for their key's lane)
     assigned: list[str] = field(default_factory=list)
     last_error: str | None = None
+    _lock: ClassVar = threading.Lock()  # workers count at the same time
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + n)
+
+
+class Session:
+    """One Kafka consumer's bookkeeping, shared by its loop thread and the workers: a watermark per partition.
+
+    When the consumer is closed (restart) or a partition revoked, that partition's records are
+    its next owner's (from the last commit): work still running for them is ignored when it ends.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._marks: dict = {}  # TopicPartition -> Watermark
+        self._moved: dict = {}  # TopicPartition -> offset to commit, not committed yet
+        self.closed = False
+
+    def fetched(self, tp, offset: int) -> Watermark | None:
+        """Track a fetched record; None if it is tracked already (fetched twice: skipped)."""
+        with self._lock:
+            mark = self._marks.setdefault(tp, Watermark())
+            try:
+                mark.fetched(offset)
+            except ValueError:
+                return None
+            return mark
+
+    def owns(self, tp, mark: Watermark) -> bool:
+        with self._lock:
+            return not self.closed and self._marks.get(tp) is mark
+
+    def settle(self, tp, mark: Watermark, offset: int) -> None:
+        with self._lock:
+            if self.closed or self._marks.get(tp) is not mark:
+                return  # revoked or restarted meanwhile: not ours to commit
+            moved = mark.settle(offset)
+            if moved is not None:
+                self._moved[tp] = moved
+
+    def take_moved(self) -> dict:
+        """Offsets whose watermark moved since the last call: what to commit now."""
+        with self._lock:
+            moved, self._moved = self._moved, {}
+            return moved
+
+    def committable(self, tps=None) -> dict:
+        with self._lock:
+            return {tp: m.committable for tp, m in self._marks.items()
+                    if m.committable is not None and (tps is None or tp in tps)}
+
+    def drop(self, tps) -> None:
+        with self._lock:
+            for tp in tps:
+                self._marks.pop(tp, None)
+                self._moved.pop(tp, None)
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
 
 
 class ConsumerLoop(threading.Thread):
-    """One deployment: poll one record, deliver it, settle it, commit; repeat."""
+    """One deployment: poll records, deliver up to DISPATCH_CONCURRENCY at once (per key in order), commit."""
 
     def __init__(self, subscription: Subscription, routes: Routes, settings: DispatchSettings,
                  producer: EventProducer, stop: threading.Event, written: Written | None = None):
@@ -59,70 +140,83 @@ class ConsumerLoop(threading.Thread):
         self.sub, self.routes, self.settings = subscription, routes, settings
         self.producer, self.stop = producer, stop
         self.written = written or Written()
-        self.inflight_root: str | None = None  # the chain root of the record being delivered (dedup, ingress)
         self.group = f"{settings.group_prefix}{subscription.deployment}"
         self.stats = LoopStats()
-        self.settled: dict = {}  # TopicPartition -> OffsetAndMetadata of the last settled record
+        self.concurrency = settings.concurrency_for(subscription.deployment)
+        self.buffer_limit = max(MIN_BUFFER, self.concurrency * BUFFER_PER_WORKER)
+        self.pool: KeyedPool | None = None
+        self.client: PooledClient | None = None
+        self._roots: dict[bytes | None, str] = {}  # record key -> chain root of its delivery in flight
+        self._roots_lock = threading.Lock()
+        self.token = event_token()  # read once: from the environment it costs more than a delivery
 
     def run(self) -> None:
-        client = self._http_client()
+        self.client = self._http_client()
+        self.pool = KeyedPool(self.concurrency, f"deliver-{self.sub.deployment}")
         try:
             while not self.stop.is_set():
                 try:
-                    self._consume(client)
-                except _Stopping:
-                    break
+                    self._consume()
                 except Exception as exc:  # noqa: BLE001 - whatever it was, a fresh consumer goes on
-                    self.stats.restarts += 1
+                    self.stats.add("restarts")
                     self.stats.last_error = f"consumer: {type(exc).__name__}: {exc}"
                     error("dispatch_consumer_restart", deployment=self.sub.deployment, error=self.stats.last_error,
                           restarts=self.stats.restarts, pause=RESTART_PAUSE_SEC)
                     self.stop.wait(RESTART_PAUSE_SEC)
         finally:
-            client.close()
+            self.pool.close()
+            self.client.close()
             log("dispatch_consumer_stopped", deployment=self.sub.deployment)
 
-    def _consume(self, client: httpx.Client) -> None:
-        """One Kafka consumer's life: poll and settle until the dispatcher stops or something raises."""
-        consumer = self._open_consumer()
+    def roots_in_flight(self) -> dict[bytes | None, str]:
+        """Record key -> chain root, for each delivery in flight now (the ingress attributes outputs by it)."""
+        with self._roots_lock:
+            return dict(self._roots)
+
+    # ----------------------------------------------------------------- the loop thread: Kafka only
+    def _consume(self) -> None:
+        """One Kafka consumer's life: poll and hand out records until the dispatcher stops or something raises."""
+        session = Session()
+        consumer = self._open_consumer(session)
         log("dispatch_consumer_started", deployment=self.sub.deployment, group=self.group,
-            topics=list(self.sub.topics), url=self.sub.url)
+            topics=list(self.sub.topics), url=self.sub.url, concurrency=self.concurrency)
         try:
             while not self.stop.is_set():
-                self._poll_once(consumer, client)
+                self._poll_once(consumer, session)
+            self.pool.wait_idle(STOP_DRAIN_SEC)  # let what is in flight settle (queued records are skipped)
         finally:
             self.stats.assigned = []
-            self._final_commit(consumer)
+            self._final_commit(consumer, session)
+            session.close()
             with contextlib.suppress(Exception):  # a broken consumer may fail to close: it is dropped anyway
                 consumer.close(autocommit=False)
 
-    def _open_consumer(self):
+    def _open_consumer(self, session: Session):
         from kafka import KafkaConsumer
 
-        return KafkaConsumer(
-            *self.sub.topics,
+        consumer = KafkaConsumer(
             bootstrap_servers=self.settings.bootstrap_servers,
             group_id=self.group,
             client_id=f"flts-dispatcher-{self.sub.deployment}",
-            enable_auto_commit=False,  # commit by hand, after the event is settled
+            enable_auto_commit=False,  # commit by hand, at the watermark of settled records
             auto_offset_reset=self.settings.offset_reset,
-            max_poll_records=1,  # one record in flight: a failure rewinds exactly one offset
+            max_poll_records=self.buffer_limit,
             max_poll_interval_ms=self.settings.max_poll_interval_ms(),
             # a killed dispatcher's partitions wait this long for their new consumer (45 s by default);
             # heartbeats come from a background thread every 3 s, so a long delivery is not mistaken for it
             session_timeout_ms=SESSION_TIMEOUT_MS,
         )
+        consumer.subscribe(list(self.sub.topics), listener=_rebalance_listener(self, consumer, session))
+        return consumer
 
-    def _http_client(self) -> httpx.Client:
-        timeout = httpx.Timeout(self.settings.timeout, connect=self.settings.connect_timeout)
-        # keep-alive shorter than the servers' own (gunicorn closes idle connections after 2 s):
-        # a retry after a long wait must not pick a connection the function is closing
-        limits = httpx.Limits(keepalive_expiry=1.0)
-        return httpx.Client(timeout=timeout, limits=limits, trust_env=False)  # no proxy for 127.0.0.1
+    def _http_client(self) -> PooledClient:
+        return PooledClient(self.settings.timeout, self.settings.connect_timeout)
 
-    def _poll_once(self, consumer, client: httpx.Client) -> None:
+    def _poll_once(self, consumer, session: Session) -> None:
+        self._commit(consumer, session.take_moved())
+        full = self._throttle(consumer)
         try:
-            batch = consumer.poll(timeout_ms=500, max_records=1)
+            batch = consumer.poll(timeout_ms=0 if full else POLL_BUSY_MS if self.pool.pending else POLL_IDLE_MS)
         except Exception as exc:  # noqa: BLE001 - the client reconnects by itself; keep the loop
             self.stats.last_error = f"poll: {type(exc).__name__}: {exc}"
             error("dispatch_poll_failed", deployment=self.sub.deployment, error=self.stats.last_error)
@@ -131,66 +225,88 @@ class ConsumerLoop(threading.Thread):
         self.stats.assigned = sorted(f"{tp.topic}/{tp.partition}" for tp in consumer.assignment())
         for tp, records in batch.items():
             for record in records:
-                self.process(consumer, client, tp, record)
+                self.take(session, tp, record)
+        self.stats.pending = self.pool.pending
 
-    def process(self, consumer, client: httpx.Client, tp, record) -> None:
-        """Settle one record, then commit it; on any failure rewind so it comes again."""
-        from kafka import OffsetAndMetadata
-
-        try:
-            self.settle(client, record)
-        except _Stopping:
-            raise
-        except Exception as exc:  # noqa: BLE001 - e.g. Kafka unreachable while writing a reply
-            self.stats.last_error = f"{type(exc).__name__}: {exc}"
-            error("dispatch_record_failed", deployment=self.sub.deployment, topic=record.topic,
-                  offset=record.offset, error=self.stats.last_error)
-            self._rewind(consumer, tp, record.offset)
-            self.stop.wait(self.settings.backoff_base)
+    def take(self, session: Session, tp, record) -> None:
+        """Queue one fetched record on its key's lane."""
+        mark = session.fetched(tp, record.offset)
+        if mark is None:
             return
-        # Asynchronous: the next record need not wait for the broker. A commit that is lost
-        # (crash, rebalance) only means settled records come again: at-least-once still holds.
-        self.settled[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
-        consumer.commit_async({tp: self.settled[tp]}, callback=self._commit_done)
+        self.pool.submit(record.key, lambda: self._settle_in(session, tp, mark, record))
 
-    def _rewind(self, consumer, tp, offset: int) -> None:
-        """Poll this record again. If the partition was revoked meanwhile, seek fails: its new owner
-        starts from the last commit, which is before this record, so nothing is lost."""
-        try:
-            consumer.seek(tp, offset)
-        except Exception as exc:  # noqa: BLE001 - kafka-python raises IllegalStateError / AssertionError
-            warn("dispatch_seek_failed", deployment=self.sub.deployment, topic=tp.topic, partition=tp.partition,
-                 offset=offset, error=f"{type(exc).__name__}: {exc}")
+    def _throttle(self, consumer) -> bool:
+        """With enough records waiting, wait a little for room; still full, pause fetching (polling goes
+        on, so the group keeps this member and commits go out). True while full."""
+        full = not self.pool.wait_below(self.buffer_limit, POLL_BUSY_MS / 1000)
+        if full:
+            consumer.pause(*consumer.assignment())
+        elif consumer.paused():
+            consumer.resume(*consumer.paused())
+        return full
+
+    def _commit(self, consumer, offsets: dict) -> None:
+        # Asynchronous: polling need not wait for the broker. A commit that is lost (crash,
+        # rebalance) only means settled records come again: at-least-once still holds.
+        if offsets:
+            from kafka import OffsetAndMetadata
+
+            consumer.commit_async({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()},
+                                  callback=self._commit_done)
 
     def _commit_done(self, offsets, result) -> None:
         if isinstance(result, Exception):
             self.stats.last_error = f"commit: {type(result).__name__}: {result}"
             warn("dispatch_commit_failed", deployment=self.sub.deployment, error=self.stats.last_error)
 
-    def _final_commit(self, consumer) -> None:
-        """On a clean stop, make sure what was settled is committed (fewer redeliveries)."""
+    def _final_commit(self, consumer, session: Session, tps=None) -> None:
+        """Before a stop or a revocation, commit the watermark (fewer redeliveries)."""
+        from kafka import OffsetAndMetadata
+
         try:
-            owned = {tp: offset for tp, offset in self.settled.items() if tp in consumer.assignment()}
-            if owned:
-                consumer.commit(owned, timeout_ms=5000)
+            owned = consumer.assignment() if tps is None else tps
+            offsets = {tp: OffsetAndMetadata(o, "", -1) for tp, o in session.committable(owned).items()}
+            if offsets:
+                consumer.commit(offsets)
         except Exception as exc:  # noqa: BLE001 - they will be redelivered: allowed
             warn("dispatch_commit_failed", deployment=self.sub.deployment, error=f"{type(exc).__name__}: {exc}")
 
-    def settle(self, client: httpx.Client, record) -> None:
-        """Deliver one record and write its replies or its dead letter; raises to leave it uncommitted."""
+    # ----------------------------------------------------------------- the workers: one record each
+    def _settle_in(self, session: Session, tp, mark: Watermark, record) -> None:
+        """Settle one record, again after a backoff if that fails, then let the watermark pass it."""
+        failures = 0
+        while not self.stop.is_set() and session.owns(tp, mark):
+            try:
+                self.settle(self.client, record)
+            except _Stopping:
+                return
+            except Exception as exc:  # noqa: BLE001 - e.g. Kafka unreachable while writing a reply
+                failures += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                error("dispatch_record_failed", deployment=self.sub.deployment, topic=record.topic,
+                      offset=record.offset, error=self.stats.last_error, failures=failures)
+                self.stop.wait(retry_delay(failures, None, self.settings))
+                continue
+            session.settle(tp, mark, record.offset)
+            return
+
+    def settle(self, client: PooledClient, record) -> None:
+        """Deliver one record and write its replies or its dead letter; raises to leave it unsettled."""
         event = self._taken_event(record)
         if event is None:
             return
         started = time.perf_counter()
-        self.inflight_root = root_of(record.headers, event["id"])
+        with self._roots_lock:
+            self._roots[record.key] = root_of(record.headers, event["id"])
         try:
-            result = deliver(client, self.sub.url, event, self.settings, self.stop)
+            result = deliver(client, self.sub.url, event, self.settings, self.stop, self.token)
         finally:
-            self.inflight_root = None  # from now on, a late post of this delivery is refused
+            with self._roots_lock:  # from now on, a late post of this delivery is refused
+                self._roots.pop(record.key, None)
         if result.interrupted:
             raise _Stopping()
         if result.attempts > 1:
-            self.stats.retried_records += 1
+            self.stats.add("retried_records")
         if not result.ok:
             self.dead_letter(record, event, result.error or "delivery failed", result.attempts, result.status)
             return
@@ -223,8 +339,8 @@ class ConsumerLoop(threading.Thread):
         root = root_of(record.headers, event["id"])
         for reply, topic in zip(replies, topics, strict=True):
             write_once(self.producer, self.written, topic, reply, root)
-        self.stats.delivered += 1
-        self.stats.replies += len(replies)
+        self.stats.add("delivered")
+        self.stats.add("replies", len(replies))
         log("dispatch_delivered", deployment=self.sub.deployment, event_type=event["type"], event_id=event["id"],
             status=result.status, attempts=result.attempts, replies=[r["type"] for r in replies],
             ms=round((time.perf_counter() - started) * 1000, 1))
@@ -233,7 +349,21 @@ class ConsumerLoop(threading.Thread):
         envelope = dead_letter_envelope(record, event, reason, attempts, self.sub.deployment, status)
         dlq = routing.dlq_topic(record.topic)
         self.producer.send_raw(dlq, orjson.dumps(envelope), record.key, [("content-type", b"application/json")])
-        self.stats.dead_lettered += 1
+        self.stats.add("dead_lettered")
         error("dead_letter", deployment=self.sub.deployment, topic=record.topic, dlq=dlq, offset=record.offset,
               event_id=event["id"] if event is not None else None, attempts=attempts, status=status, error=reason)
 
+
+def _rebalance_listener(loop: ConsumerLoop, consumer, session: Session):
+    """On revocation, commit the revoked partitions' watermark and forget them (their next owner goes on)."""
+    from kafka import ConsumerRebalanceListener
+
+    class Listener(ConsumerRebalanceListener):
+        def on_partitions_revoked(self, revoked):
+            loop._final_commit(consumer, session, set(revoked))
+            session.drop(revoked)
+
+        def on_partitions_assigned(self, assigned):
+            pass
+
+    return Listener()

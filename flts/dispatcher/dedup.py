@@ -7,9 +7,10 @@ a second `model-selected`. So every event the dispatcher writes (ingress or repl
 sha256 of (root, type, subject, data), where the *root* is the id of the event that started
 the chain (the upload's `flts.dataset.ready`), carried from record to record in the Kafka
 header `flts_root`: the ingress knows it because each function posts to its own K_SINK path
-(`/from/<deployment>`) and the dispatcher knows which record it is delivering to that
-deployment. A key already written is not written again: the first answer wins. Uploading
-the same file again starts a new chain (a new root), so it is never taken for a repeat.
+(`/from/<deployment>`) and the dispatcher knows which record with the output's Kafka key
+it is delivering to that deployment (one delivery per key is in flight at a time). A key
+already written is not written again: the first answer wins. Uploading the same file again
+starts a new chain (a new root), so it is never taken for a repeat.
 
 The keys travel in the header `flts_key`, so a restarted dispatcher reads the recent ones
 back from the topics (`seed`) before it writes anything.
@@ -26,6 +27,7 @@ ROOT_HEADER = "flts_root"
 KEY_HEADER = "flts_key"
 CAPACITY = 200_000  # keys remembered (≈ 20 MB); older ones are forgotten first
 SEED_PER_PARTITION = 5_000  # records read back per partition at start
+LOCK_STRIPES = 64
 
 
 def event_key(root: str, event) -> str:
@@ -42,21 +44,32 @@ def root_of(record_headers, event_id: str) -> str:
 
 
 class Written:
-    """The keys written so far (bounded, oldest forgotten first), and the lock that makes
-    "not written yet? then write it" one step."""
+    """The keys written so far (bounded, oldest forgotten first), and the locks that make
+    "not written yet? then write it" one step for a key.
 
-    def __init__(self, capacity: int = CAPACITY):
+    One lock per stripe of keys, not one for all: a write holds its lock until Kafka acks,
+    and deliveries in flight at the same time must not wait for each other's acks.
+    """
+
+    def __init__(self, capacity: int = CAPACITY, stripes: int = LOCK_STRIPES):
         self._keys: OrderedDict[str, tuple[str, int]] = OrderedDict()
         self._capacity = capacity
-        self.lock = threading.Lock()
+        self._map_lock = threading.Lock()  # the OrderedDict itself
+        self._stripes = [threading.Lock() for _ in range(stripes)]
+
+    def lock(self, key: str) -> threading.Lock:
+        """The lock that two writes of the same key share."""
+        return self._stripes[int(key[:8], 16) % len(self._stripes)]
 
     def get(self, key: str) -> tuple[str, int] | None:
-        return self._keys.get(key)
+        with self._map_lock:
+            return self._keys.get(key)
 
     def add(self, key: str, topic: str, offset: int) -> None:
-        self._keys[key] = (topic, offset)
-        while len(self._keys) > self._capacity:
-            self._keys.popitem(last=False)
+        with self._map_lock:
+            self._keys[key] = (topic, offset)
+            while len(self._keys) > self._capacity:
+                self._keys.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -97,7 +110,7 @@ def write_once(producer, written: Written, topic: str, event, root: str | None) 
     if root is None:
         return producer.send_event(topic, event), False
     key = event_key(root, event)
-    with written.lock:  # two identical posts at once: one writes, the other sees its key
+    with written.lock(key):  # two identical posts at once: one writes, the other sees its key
         earlier = written.get(key)
         if earlier is not None:
             return earlier[1], True

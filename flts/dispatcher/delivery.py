@@ -26,6 +26,7 @@ from cloudevents.http import from_dict, from_http
 
 from flts.auth import bearer_header, event_token
 from flts.dispatcher.codec import BATCH_CONTENT_TYPE, STRUCTURED_CONTENT_TYPE, check_attributes, structured_dict
+from flts.dispatcher.httpclient import PooledClient, Reply
 from flts.dispatcher.settings import DispatchSettings
 from flts.events import EventError
 from flts.logs import warn
@@ -37,7 +38,7 @@ class DeliveryResult:
     """What came of POSTing one event: a 2xx response, or the reason it is a dead letter."""
 
     attempts: int
-    response: httpx.Response | None = None
+    response: httpx.Response | Reply | None = None
     status: int | None = None
     error: str | None = None
     interrupted: bool = False  # the dispatcher is stopping: settle nothing
@@ -71,7 +72,7 @@ def retry_delay(attempt: int, retry_after: float | None, settings: DispatchSetti
     return max(backoff, min(retry_after, settings.retry_after_max))
 
 
-def deliver(client: httpx.Client, url: str, event, settings: DispatchSettings,
+def deliver(client: httpx.Client | PooledClient, url: str, event, settings: DispatchSettings,
             stop: threading.Event | None = None, token: str | None = None) -> DeliveryResult:
     """POST one event (binary mode) until a 2xx, a final 4xx, or the retries run out.
 
@@ -108,7 +109,7 @@ def deliver(client: httpx.Client, url: str, event, settings: DispatchSettings,
             return DeliveryResult(attempt, status=status, error=reason, interrupted=True)
 
 
-def reply_events(response: httpx.Response) -> list:
+def reply_events(response: httpx.Response | Reply) -> list:
     """The events a function answered with: binary/structured CloudEvent, a batch, or none."""
     content_type = response.headers.get("content-type", "").lower()
     if content_type.startswith(BATCH_CONTENT_TYPE):

@@ -17,6 +17,12 @@ class DispatchSettings(Settings):
     timeout: float = knob("DISPATCH_TIMEOUT_SEC", 900.0,
                           "one HTTP attempt (a trainer answers when training is done)", gt=0)
     connect_timeout: float = knob("DISPATCH_CONNECT_TIMEOUT_SEC", 5.0, "connecting to the function", gt=0)
+    concurrency: int = knob(
+        "DISPATCH_CONCURRENCY", 32,
+        "deliveries in flight per deployment; events with the same Kafka key (dataset) still go one at a time, in order",
+        ge=1)
+    limits: str = knob("DISPATCH_LIMITS", "", "deployment=n,...: deliveries in flight to that deployment at most (what "
+                       "its instances take at once); unlisted = DISPATCH_CONCURRENCY")
     group_prefix: str = knob("DISPATCH_GROUP_PREFIX", "flts-", "consumer group = prefix + deployment")
     offset_reset: Literal["earliest", "latest"] = knob(
         "DISPATCH_OFFSET_RESET", "earliest",
@@ -29,6 +35,16 @@ class DispatchSettings(Settings):
         if bootstrap_servers is not None:
             values["bootstrap_servers"] = bootstrap_servers
         super().__init__(**values)
+
+    def concurrency_for(self, deployment: str) -> int:
+        """Deliveries in flight to `deployment`: DISPATCH_CONCURRENCY, capped by its DISPATCH_LIMITS entry."""
+        for item in filter(None, (part.strip() for part in self.limits.split(","))):
+            name, _, value = item.partition("=")
+            if name.strip() == deployment:
+                if not value.strip().isdigit() or int(value) < 1:
+                    raise ValueError(f"DISPATCH_LIMITS: {item!r} needs a whole number >= 1 after '='")
+                return min(self.concurrency, int(value))
+        return self.concurrency
 
     def max_poll_interval_ms(self) -> int:
         """Longest time one record may take (every attempt timing out, every wait at its cap).

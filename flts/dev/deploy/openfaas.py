@@ -82,8 +82,9 @@ def _labels(capacity: Capacity, edition: Edition) -> dict[str, str]:
 def _pro_annotations(d: Deployment) -> dict[str, str]:
     """The Kafka connector's subscription and the probes, routed through the watchdog to the function."""
     spec: FunctionSpec = d.spec
+    topics = {"topic": ",".join(routing.topic_of(t) for t in d.subscribes)} if d.subscribes else {}  # gateway: none
     return {
-        "topic": ",".join(routing.topic_of(t) for t in d.subscribes),
+        **topics,
         # Readiness: can take events (infer is ready without a model).
         "com.openfaas.ready.http.path": spec.readiness_path,
         "com.openfaas.ready.http.periodSeconds": "2",
@@ -142,7 +143,12 @@ def _dispatcher_env() -> dict[str, str]:
     slowest = max(delivery_seconds(d) for d in routing.DEPLOYMENTS)  # Pro: a cold start from zero first
     return {
         "KAFKA_BOOTSTRAP_SERVERS": KAFKA_BOOTSTRAP,
-        "DISPATCH_TARGETS": ",".join(f"{d.name}={GATEWAY_IN_CLUSTER}/function/{d.name}" for d in routing.DEPLOYMENTS),
+        # the deployments that take events (not the gateway function, which only emits)
+        "DISPATCH_TARGETS": ",".join(f"{d.name}={GATEWAY_IN_CLUSTER}/function/{d.name}" for d in routing.DEPLOYMENTS
+                                     if d.subscribes),
+        # what a function's replicas take at once: its instances' capacity times the most of them
+        "DISPATCH_LIMITS": ",".join(f"{d.name}={d.spec.capacity.concurrency * d.spec.capacity.max_scale}"
+                                    for d in routing.DEPLOYMENTS if d.subscribes),
         "DISPATCH_MAX_RETRIES": str(RETRIES),
         "DISPATCH_TIMEOUT_SEC": str(slowest + 2 * WATCHDOG_GRACE),  # longer than any function may take
         "DISPATCH_INGRESS_HOST": "0.0.0.0",
