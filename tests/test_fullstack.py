@@ -25,6 +25,7 @@ import pytest
 from flts import cli, events, forecasters, routing
 from flts.dev import infra as fi
 from flts.dev import processes, stack
+from flts.dev.testing import stack_pids
 from flts.dispatcher import event_from_kafka
 
 pytestmark = pytest.mark.stack
@@ -49,20 +50,10 @@ def full_stack(infra, monkeypatch):
         stack.up(cfg, with_infra=False)
         yield cfg, seen
     finally:
-        seen |= _our_pids(cfg)
+        seen |= stack_pids(cfg)
         stack.down(cfg, with_infra=False)
     left = [pid for pid in seen if processes.pid_alive(pid)]
     assert not left, f"processes outlived `down`: {left}"
-
-
-def _our_pids(cfg) -> set[int]:
-    pids = set()
-    for proc in stack.plan(cfg):
-        pid = stack.running_pid(cfg, proc.name)
-        if pid is not None:
-            pids |= {pid, *processes.group_members(pid)}
-        pids |= set(processes.pids_in(stack.workdir(cfg, proc.name)))  # the infer process runs in a session of its own
-    return pids
 
 
 @pytest.fixture
@@ -172,7 +163,7 @@ def test_pipeline_through_the_full_stack_and_infer_scales_to_zero(full_stack, in
         stack.upload(cfg, train_csv, test_csv, identifier)
         seen = reader.until(lambda s: _selected(s), identifier, PIPELINE_TIMEOUT)
         print(f"\nupload → model-selected on Kafka: {time.monotonic() - started:.1f}s")
-        seen_pids |= _our_pids(cfg)
+        seen_pids |= stack_pids(cfg)
         # eval answers (reply → model-selected) after every SUCCESS is on Kafka: all of them are read
         reader.until(lambda s: len({d["model_type"] for k, d in s if k == events.MODEL_TRAINING
                                     and d["status"] == "SUCCESS"}) == len(forecasters.names()), identifier, 10)

@@ -22,6 +22,7 @@ from flts.dev import infra as fi
 from flts.dev import processes, stack
 from flts.dev.infra import kafka as infra_kafka
 from flts.dev.infra import service as infra_service
+from flts.dev.testing import stack_pids
 
 pytestmark = pytest.mark.stack
 
@@ -50,20 +51,11 @@ def gateway_stack(infra):
             assert url, "the gateway is not up"
             yield cfg, url, stack.gateway_token(cfg), seen
         finally:
-            seen |= _our_pids(cfg)
+            seen |= stack_pids(cfg)
             stack.down(cfg, with_infra=False)
     left = [pid for pid in seen if processes.pid_alive(pid)]
     assert not left, f"processes outlived `down`: {left}"
 
-
-def _our_pids(cfg) -> set[int]:
-    pids = set()
-    for proc in stack.plan(cfg):
-        pid = stack.running_pid(cfg, proc.name)
-        if pid is not None:
-            pids |= {pid, *processes.group_members(pid)}
-        pids |= set(processes.pids_in(stack.workdir(cfg, proc.name)))
-    return pids
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +96,7 @@ def test_upload_over_http_reaches_a_served_forecast_and_the_page_shows_it(gatewa
     with _client(url) as client:
         report = _wait_served(client, identifier, PIPELINE_TIMEOUT)
     print(f"\nupload over HTTP → served: {time.monotonic() - started:.1f}s")
-    seen |= _our_pids(cfg)
+    seen |= stack_pids(cfg)
     stages = {s["stage"]: s for s in report["stages"]}
     trainers = [d.name for d in routing.DEPLOYMENTS if d.function == "train"]
     assert list(stages) == ["upload", "preprocess", *trainers, "eval", "served"]

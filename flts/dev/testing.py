@@ -107,3 +107,17 @@ def running_server(app, port: int | None = None, timeout: float = 20.0):
     finally:
         server.should_exit = True
         thread.join(timeout)
+
+
+def stack_pids(cfg) -> set[int]:
+    """Every process of a local stack (flts.dev.stack.StackConfig) that is alive now: each supervised
+    process group's members, and what runs in a process's folder (infer runs in a session of its own)."""
+    from flts.dev import processes, stack
+
+    pids = set()
+    for proc in stack.plan(cfg):
+        pid = stack.running_pid(cfg, proc.name)
+        if pid is not None:
+            pids |= {pid, *processes.group_members(pid)}
+        pids |= set(processes.pids_in(stack.workdir(cfg, proc.name)))
+    return pids
