@@ -3,8 +3,12 @@
 - A trainer's MLflow run left RUNNING by a killed trainer is marked KILLED when the event comes
   again; one whose trainer still runs is waited for (a local MLflow, no services).
 - On the real local stack (`stack` mark): the whole pipeline while a function process is
-  killed with SIGKILL mid-pipeline, and while the dispatcher is; each must end with no human
-  action in exactly one promotion, one `model-selected`, and no dead letter.
+  killed with SIGKILL mid-pipeline, while the dispatcher is, while Kafka restarts, and while
+  MLflow or PostgreSQL (MLflow's backend) is down for 20 s; each must end with no human action
+  in exactly one promotion, one `model-selected`, nothing lost and no dead letter.
+  (chaos.FAULTS' `s3-outage` is not here: a trainer that reads its data while the S3 server
+  is down announces FAILED instead of failing retryably, so the pipeline does not heal; see
+  benchmarks/chaos.py.)
 """
 from __future__ import annotations
 
@@ -95,13 +99,14 @@ def elborn_slice(lte_dir, tmp_path_factory):
 
 
 @pytest.mark.stack
-@pytest.mark.parametrize("fault", ["kill-trainer", "kill-dispatcher"])
+@pytest.mark.parametrize("fault", ["kill-trainer", "kill-dispatcher", "restart-kafka", "mlflow-outage",
+                                   "postgres-outage"])
 def test_the_pipeline_heals_itself(chaos_stack, elborn_slice, fault):
     from flts.dev import chaos, stack
 
     result = chaos.run_fault(chaos_stack, chaos.FAULTS[fault], *elborn_slice, timeout=300)
     print(f"\n{result}")
-    assert result.recovery_seconds is not None, "the killed process was not restarted"
+    assert result.recovery_seconds is not None, "the killed process (or the stopped service) was not back"
     assert result.model_selected == 1 and result.promotions == 1, result
     assert result.dead_letters == [] and result.lost == [], result
     assert result.running_runs == 0, "a run was left RUNNING"

@@ -313,7 +313,8 @@ def test_malformed_messages_go_to_dlq_and_never_block(bus, function):
     headers, body = to_structured(structured)
     bus.producer.send_raw(bus.inbox, body, None, [("content-type", headers["content-type"].encode())])
     assert bus.replies(1) == [{"in": structured["id"]}]
-    garbage, wrong_type = bus.dead_letters(2)
+    # different keys go through different lanes: the dead letters' order is not the input's
+    garbage, wrong_type = sorted(bus.dead_letters(2), key=lambda letter: letter["event"] is not None)
     assert garbage["event"] is None and garbage["raw"] == "definitely not an event"
     assert "not a CloudEvent" in garbage["error"] and garbage["attempts"] == 0
     assert wrong_type["event"]["id"] == unknown["id"] and "test.unknown" in wrong_type["error"]

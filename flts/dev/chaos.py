@@ -1,11 +1,14 @@
 """Fault injection on the running local stack: one upload, one fault mid-pipeline, then the count.
 
-A fault is SIGKILL to a whole process group of the stack (a function process, or the
-dispatcher) at a chosen moment of the pipeline. Nobody acts afterwards: the supervisor
-restarts the process, Kafka redelivers what was not committed, the handlers are idempotent
-and the dispatcher writes each outcome once. `run_fault` then reports what came of it:
-recovered or not, how long the killed process took to be healthy again, how many
-promotions and `model-selected` events, duplicates, lost events and dead letters.
+A fault is either SIGKILL to a whole process group of the stack (a function process, or the
+dispatcher), or an outage of one infrastructure service (Kafka, the S3 server, MLflow,
+PostgreSQL): stopped, down for some seconds, started again on the same port and state. It
+strikes at a chosen moment of the pipeline. Nobody acts afterwards: the supervisor restarts
+a killed process, Kafka redelivers what was not committed, the dispatcher retries what
+failed while a service was down, the handlers are idempotent and the dispatcher writes each
+outcome once. `run_fault` then reports what came of it: recovered or not, how long the
+killed process (or the restarted service) took to be healthy again, how many promotions and
+`model-selected` events, duplicates, lost events and dead letters.
 Used by tests/test_chaos.py and benchmarks/chaos.py.
 """
 from __future__ import annotations
@@ -29,14 +32,23 @@ TOPICS = (events.TRAINING_DATA, events.MODEL_TRAINING, events.MODEL_SELECTED)
 @dataclass(frozen=True)
 class Fault:
     name: str
-    process: str  # the stack process whose group is killed
-    when: str  # "training" (the victim trainer's MLflow run is RUNNING) or "all-training" (every trainer's RUNNING is out)
+    process: str  # the stack process whose group is killed, or the infrastructure service that goes down
+    when: str  # "training" (the victim trainer's MLflow run is RUNNING), "all-training" (every trainer's
+    # RUNNING is out) or "any-training" (the first trainer's RUNNING is out)
+    outage: float | None = None  # seconds `process` (a service of flts.dev.infra) is down; None = SIGKILL
 
 
 FAULTS = {
     "kill-trainer": Fault("kill-trainer", "fn-train-gru", "training"),
     "kill-dispatcher": Fault("kill-dispatcher", stack.DISPATCHER, "all-training"),
+    "restart-kafka": Fault("restart-kafka", "kafka", "any-training", outage=5.0),
+    "s3-outage": Fault("s3-outage", "s3", "any-training", outage=20.0),
+    "mlflow-outage": Fault("mlflow-outage", "mlflow", "any-training", outage=20.0),
+    "postgres-outage": Fault("postgres-outage", "postgres", "any-training", outage=20.0),
 }
+
+_START = {"kafka": infra.start_kafka, "s3": infra.start_s3, "mlflow": infra.start_mlflow,
+          "postgres": infra.start_postgres}
 
 
 @dataclass
@@ -44,7 +56,8 @@ class Result:
     fault: str
     identifier: str
     recovered: bool = False  # promoted, nothing lost, no dead letter
-    recovery_seconds: float | None = None  # SIGKILL → the killed process healthy again
+    recovery_seconds: float | None = None  # SIGKILL → the killed process healthy again; an outage: its
+    # service's start → healthy again
     pipeline_seconds: float | None = None  # upload → model-selected
     promotions: int = 0  # promotion history objects in the promotion bucket
     model_selected: int = 0
@@ -116,18 +129,38 @@ def _mlflow_runs(cfg: stack.StackConfig, identifier: str, status: str | None = N
     return client.search_runs([experiment.experiment_id], filter_string=f"tags.identifier = '{identifier}'{where}")
 
 
-def _kill_when_ready(cfg: stack.StackConfig, fault: Fault, reader: Reader, identifier: str, timeout: float) -> int:
-    """Wait for the fault's moment, then SIGKILL the process group; returns the killed pid."""
+def _wait_for_moment(cfg: stack.StackConfig, fault: Fault, reader: Reader, identifier: str, timeout: float) -> None:
     victim_type = fault.process.removeprefix("fn-train-").upper()
     if fault.when == "training":
         def ready(seen):
             return bool(_training(seen, victim_type)) and bool(
                 [r for r in _mlflow_runs(cfg, identifier, "RUNNING") if r.data.tags.get("model_type") == victim_type])
+    elif fault.when == "any-training":
+        def ready(seen):
+            return bool(_training(seen))
     else:
         def ready(seen):
             return _training(seen) >= set(forecasters.names())
     if not reader.until(ready, identifier, timeout):
         raise TimeoutError(f"{fault.name}: the moment to strike never came within {timeout:.0f}s")
+
+
+def service_outage(icfg: infra.InfraConfig, service: str, seconds: float) -> float:
+    """Stop `service`, keep it down `seconds`, start it again on the same port and state;
+    returns the seconds from its start until it is healthy again."""
+    if not infra.stop_service(icfg, service):
+        raise RuntimeError(f"{service} does not run")
+    try:
+        time.sleep(seconds)
+    finally:  # interrupted or not, the service comes back: the next fault (or test) needs it
+        t0 = time.monotonic()
+        _START[service](icfg)  # returns once the service answers its probe
+    return time.monotonic() - t0
+
+
+def _kill_when_ready(cfg: stack.StackConfig, fault: Fault, reader: Reader, identifier: str, timeout: float) -> int:
+    """Wait for the fault's moment, then SIGKILL the process group; returns the killed pid."""
+    _wait_for_moment(cfg, fault, reader, identifier, timeout)
     pid = stack.running_pid(cfg, fault.process)
     if pid is None:
         raise RuntimeError(f"{fault.process} does not run")
@@ -172,8 +205,12 @@ def run_fault(cfg: stack.StackConfig, fault: Fault, train_csv: Path, test_csv: P
     try:
         started = time.monotonic()
         stack.upload(cfg, train_csv, test_csv, identifier)
-        killed = _kill_when_ready(cfg, fault, reader, identifier, timeout)
-        result.recovery_seconds = _healthy_again(cfg, fault.process, killed, timeout)
+        if fault.outage is None:
+            killed = _kill_when_ready(cfg, fault, reader, identifier, timeout)
+            result.recovery_seconds = _healthy_again(cfg, fault.process, killed, timeout)
+        else:
+            _wait_for_moment(cfg, fault, reader, identifier, timeout)
+            result.recovery_seconds = service_outage(cfg.infra, fault.process, fault.outage)
         if reader.until(lambda seen: _selected(seen), identifier, timeout - (time.monotonic() - started)):
             result.pipeline_seconds = time.monotonic() - started
         reader.until(lambda seen: False, identifier, linger)  # late duplicates or dead letters
