@@ -8,23 +8,26 @@ from __future__ import annotations
 
 import hmac
 import os
+from typing import Annotated
+
+from pydantic import BeforeValidator
 
 from flts.settings import Env, Settings, knob
 
 EVENT_TOKEN_VAR = "EVENT_TOKEN"
 
+# A secret without the newline a mounted secret file often ends with.
+Secret = Annotated[str, BeforeValidator(lambda value: value.strip() if isinstance(value, str) else value)]
+
 
 class EventAuthSettings(Settings):
-    token: str = knob(EVENT_TOKEN_VAR, "", "bearer token every event endpoint requires and every sender of events "
-                                           "sends; empty = open", repr=False)
+    token: Secret = knob(EVENT_TOKEN_VAR, "", "bearer token every event endpoint requires and every sender of events "
+                                              "sends; empty = open", repr=False)
 
 
 def event_token(env: Env | None = None) -> str:
-    """The stack's event token from `env` (default: this process's environment); empty = open.
-
-    Stripped: a token read from a secret file often ends with a newline.
-    """
-    return EventAuthSettings.from_env(os.environ if env is None else env).token.strip()
+    """The stack's event token from `env` (default: this process's environment); empty = open."""
+    return EventAuthSettings.from_env(os.environ if env is None else env).token
 
 
 def bearer_header(token: str | None) -> dict[str, str]:

@@ -270,7 +270,7 @@ class InferService:
     async def cloudevent(self, request: Request) -> Response:
         from cloudevents.http import from_http
 
-        reason = refusal(request.headers.get("authorization"), self.settings.event_token)
+        reason = refusal(request.headers.get("authorization"), self.settings.token)
         if reason:  # an event changes what is served: only the stack's senders may post one
             return _error(401, f"{reason} (EVENT_TOKEN)")
         try:

@@ -1,21 +1,16 @@
 """Serving knobs, read once from the environment (names kept from the original FLTS)."""
 from __future__ import annotations
 
-from typing import Annotated
+from pydantic import model_validator
 
-from pydantic import BeforeValidator, model_validator
-
-from flts.auth import EVENT_TOKEN_VAR
+from flts.auth import EventAuthSettings, Secret
 from flts.settings import CommaList, ConfigError, Flag, PromotionBucket, knob
-
-# A secret without the newline a mounted secret file may end with (as flts.auth.event_token reads it).
-Secret = Annotated[str, BeforeValidator(lambda value: value.strip() if isinstance(value, str) else value)]
 
 # Requests in flight per instance; beyond them 429. The cluster's concurrency limit is the same number.
 MAX_INFLIGHT = 64
 
 
-class ServingSettings(PromotionBucket):
+class ServingSettings(PromotionBucket, EventAuthSettings):  # EVENT_TOKEN (`token`): POST / needs it
     # Backpressure: MAX_INFLIGHT is the function's own concurrency limit (Knative
     # containerConcurrency / OpenFaaS max_inflight use the same number).
     max_inflight: int = knob("MAX_INFLIGHT", MAX_INFLIGHT,
@@ -40,8 +35,6 @@ class ServingSettings(PromotionBucket):
     # Who may do what (flts.auth): events change what is served, /scale_workers the capacity.
     scale_token: Secret = knob("SCALE_WORKERS_TOKEN", "",
                                "bearer token POST /scale_workers needs; empty = EVENT_TOKEN's", repr=False)
-    event_token: Secret = knob(EVENT_TOKEN_VAR, "",
-                               "bearer token POST / (CloudEvents) needs; empty = open", repr=False)
     predict_api_key: Secret = knob("PREDICT_API_KEY", "",
                                    "bearer token POST /predict and the v2 infer route need; empty = open", repr=False)
     # Input bounds.
@@ -90,7 +83,7 @@ class ServingSettings(PromotionBucket):
     @property
     def scale_workers_token(self) -> str:
         # `flts up` sets EVENT_TOKEN: /scale_workers is then closed without a token of its own.
-        return self.scale_token or self.event_token
+        return self.scale_token or self.token
 
     @property
     def allowed_artifact_buckets(self) -> tuple[str, ...]:
