@@ -293,7 +293,7 @@ def add_families(case: Case, run: PipelineRun, families: dict, frame: scoring.Sc
     rows = [family_row(model_type, families, run.failed, frame, case.truth) for model_type in types]
     promoted = next(r for r in rows if r.model_type == run.pointer["model_type"])
     intervals = run.pointer.get("intervals")
-    scales = frame.window_scales(case.target, case.windows, intervals.get("scale_rows", 0)) if intervals else None
+    scales = frame.window_scales(case.target, case.windows, intervals) if intervals else None
     case.add(Row(f"promoted ({promoted.model_type})", "promoted", promoted.forecast, model_type=promoted.model_type),
              intervals=intervals, scales=scales)
     for row in rows:

@@ -81,6 +81,8 @@ class PredictionIntervals(_Data):
     # mean |one-step change| of its last K+1 target values (flts.metrics.recent_change), so the
     # interval widens when the series turns volatile (normalised conformal).
     scale_rows: int = Field(default=0, ge=0)
+    # S > 0 (at most K): the scale is the larger of that and the mean of the last S changes alone.
+    short_scale_rows: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _one_row_per_level(self) -> PredictionIntervals:

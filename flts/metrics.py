@@ -61,18 +61,24 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray, scale: TargetScal
     return metrics
 
 
-def recent_change(rows: np.ndarray) -> np.ndarray:
+def recent_change(rows: np.ndarray, short_rows: int = 0) -> np.ndarray:
     """The local scale of normalised intervals: the mean absolute one-step change of the last
-    axis ([..., K+1] target values → [...]), floored at 0.1 % of their mean magnitude so that a
-    flat stretch does not shrink an interval to nothing. numpy only: infer computes it per request."""
+    axis ([..., K+1] target values → [...]); with short_rows, the larger of that and the mean of
+    the last short_rows changes alone, so that a burst of volatility widens the interval at once
+    while a calm spell does not narrow it below the longer window's level. Floored at 0.1 % of
+    the values' mean magnitude so that a flat stretch does not shrink an interval to nothing.
+    numpy only: infer computes it per request."""
     rows = np.asarray(rows, np.float64)
-    change = np.mean(np.abs(np.diff(rows, axis=-1)), axis=-1)
-    return np.maximum(change, 1e-3 * np.mean(np.abs(rows), axis=-1) + 1e-12)
+    change = np.abs(np.diff(rows, axis=-1))
+    scale = np.mean(change, axis=-1)
+    if short_rows:
+        scale = np.maximum(scale, np.mean(change[..., -short_rows:], axis=-1))
+    return np.maximum(scale, 1e-3 * np.mean(np.abs(rows), axis=-1) + 1e-12)
 
 
-def window_scales(series: np.ndarray, origins: np.ndarray, rows: int) -> np.ndarray:
+def window_scales(series: np.ndarray, origins: np.ndarray, rows: int, short_rows: int = 0) -> np.ndarray:
     """recent_change of the `rows` + 1 values of `series` before each origin (fewer at its start)."""
-    return np.array([recent_change(series[max(0, o - rows - 1):o]) for o in origins])
+    return np.array([recent_change(series[max(0, o - rows - 1):o], short_rows) for o in origins])
 
 
 def conformal_half_widths(y_true: np.ndarray, y_pred: np.ndarray, levels: list[float]) -> list[list[float]]:
@@ -100,13 +106,15 @@ def window_half_widths(intervals: dict, scales: np.ndarray) -> np.ndarray:
 
 
 def conformal_intervals(truth: np.ndarray, forecast: np.ndarray, levels: list[float], series: np.ndarray,
-                        scale_rows: int) -> dict:
+                        scale_rows: int, short_scale_rows: int = 0) -> dict:
     """The intervals of a pointer (events.PredictionIntervals) from held-out windows that end the series
     (validation windows end the training split): conformal half-widths per level and step; with
     scale_rows, of the residuals divided by each window's local scale (window_scales), which infer
     computes per request from the history it is sent."""
+    short_scale_rows = min(short_scale_rows, scale_rows)
     if scale_rows:
         origins = len(series) - truth.shape[1] - len(truth) + 1 + np.arange(len(truth))
-        scales = window_scales(series, origins, scale_rows)[:, None]
+        scales = window_scales(series, origins, scale_rows, short_scale_rows)[:, None]
         truth, forecast = truth / scales, forecast / scales
-    return {"levels": levels, "half_widths": conformal_half_widths(truth, forecast, levels), "scale_rows": scale_rows}
+    return {"levels": levels, "half_widths": conformal_half_widths(truth, forecast, levels), "scale_rows": scale_rows,
+            "short_scale_rows": short_scale_rows}

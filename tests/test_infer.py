@@ -461,27 +461,28 @@ def test_predict_and_v2_return_the_pointers_conformal_bounds_per_level(file_stor
 
 def test_scaled_intervals_need_their_history_and_follow_its_recent_change(file_store, lte_dir):
     """scale_rows = 11: a request sends 12 rows (more than the model's 10), the half-widths multiply the
-    mean |one-step change| of those 12 target values; v2 scales each window by the rows it holds."""
+    mean |one-step change| of those 12 target values, or of the last 3 changes when that is larger
+    (short_scale_rows = 3); v2 scales each window by the rows it holds."""
     from flts.metrics import recent_change
 
     half_widths = [[1.0, 2.0, 3.0]]
     promote(file_store, persistence_onnx(L, len(LTE_FEATURES), M, TARGET_INDEX),
-            intervals={"levels": [0.9], "half_widths": half_widths, "scale_rows": 11})
+            intervals={"levels": [0.9], "half_widths": half_widths, "scale_rows": 11, "short_scale_rows": 3})
     body = request_body(last_rows(lte_dir / "PobleSec_test.csv", 12), "time")
     with running_server(create_app(env_for(file_store), file_store)) as url:
         assert httpx.get(url + "/readyz").json()["model"]["history_rows"] == 12
         short = request_body(last_rows(lte_dir / "PobleSec_test.csv", 11), "time")
         refused = httpx.post(url + "/predict", json=short)
         assert refused.status_code == 400 and "at least 12 rows of history" in refused.json()["error"]
-        scale = recent_change(np.array(body["data"]["down"], np.float64))
+        scale = recent_change(np.array(body["data"]["down"], np.float64), 3)
         for step, p in enumerate(httpx.post(url + "/predict", json=body).json()["predictions"]):
             assert p["upper_90"] - p["down"] == pytest.approx(half_widths[0][step] * scale, rel=1e-5)
         x = np.zeros((2, L, len(LTE_FEATURES)), np.float32)
-        x[1, :, TARGET_INDEX] = np.arange(L) * 4.0  # a change of 4 per row
+        x[1, :, TARGET_INDEX] = np.cumsum(np.r_[0.0, np.ones(L - 4), np.full(3, 10.0)])  # a burst at the end
         tensor = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
         outputs = {o["name"]: o for o in httpx.post(url + "/v2/models/PobleSec/infer", json=tensor).json()["outputs"]}
         width = (np.array(outputs["forecast_upper_90"]["data"]) - np.array(outputs["forecast"]["data"])).reshape(2, M)
-        np.testing.assert_allclose(width[1], np.array(half_widths[0]) * 4.0, rtol=1e-5)
+        np.testing.assert_allclose(width[1], np.array(half_widths[0]) * 10.0, rtol=1e-5)  # the last 3 changes
         assert np.all(width[0] < 1e-6)  # a flat window: the floor keeps the width positive but tiny
 
 

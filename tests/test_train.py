@@ -324,6 +324,17 @@ def test_too_few_rows_for_validation(env, lte_dir):
     assert "too few for one training window" in error and "validation" in error
 
 
+def test_validation_holds_a_horizon_of_origins_for_long_horizons():
+    """Windows = rows - horizon + 1: 10 % of the rows, at least 48 windows, and as many windows as
+    the horizon has steps when that is more (each step then judged from a horizon of origins)."""
+    from flts.train.data import validation_rows
+
+    assert validation_rows(10_000, 10, 1, 0.1) == 1000
+    assert validation_rows(4192, 10, 24, 0.1) == 419  # 10 % is enough: 396 windows
+    assert validation_rows(4192, 10, 720, 0.1) - 720 + 1 == 720
+    assert validation_rows(4192, 10, 30, 0.001) - 30 + 1 == 48
+
+
 def test_invalid_events_are_rejected():
     with pytest.raises(EventError, match="not handled here"):
         list(handle(events.make_event(events.DATASET_READY, "test", {"bucket": "b", "object_key": "k", "identifier": "i"}),

@@ -185,6 +185,38 @@ def test_scaled_intervals_follow_a_change_of_volatility_that_fixed_ones_miss():
     assert inside["fixed"] < 0.4, inside
 
 
+def test_a_burst_of_volatility_widens_intervals_at_once_and_calm_keeps_their_level():
+    """Bursts of 4x volatility after a calm calibration: in a burst's first 100 rows the 168-row scale
+    still remembers the calm and its 80 % interval under-covers; with the 24-row scale beside it
+    the interval widens at once. Once calm returns, both cover their level."""
+    from flts.metrics import conformal_intervals, window_half_widths, window_scales
+
+    rng = np.random.default_rng(5)
+    series = 100 + rng.normal(0, np.repeat([1.0] * 6 + [4.0, 1.0] * 10, 500))
+    truth, pred = series[1000:3000, None], np.full((2000, 1), 100.0)
+    burst_starts, calm_starts = 3000 + 1000 * np.arange(10), 3500 + 1000 * np.arange(10)
+    early_burst = np.concatenate([np.arange(s + 24, s + 124) for s in burst_starts])
+    settled_calm = np.concatenate([np.arange(s + 200, s + 500) for s in calm_starts])
+    coverage = {}
+    for short in (0, 24):
+        intervals = conformal_intervals(truth, pred, [0.8], series[:3000], 168, short)
+        assert intervals["short_scale_rows"] == short
+        for name, rows in (("burst", early_burst), ("calm", settled_calm)):
+            half = window_half_widths(intervals, window_scales(series, rows, 168, short))[0, :, 0]
+            coverage[name, short] = np.mean(np.abs(series[rows] - 100.0) <= half)
+    assert coverage["burst", 0] < 0.65 and abs(coverage["burst", 24] - 0.8) < 0.05, coverage
+    assert abs(coverage["calm", 0] - 0.8) < 0.03 and abs(coverage["calm", 24] - 0.8) < 0.03, coverage
+
+
+def test_the_short_scale_never_narrows_the_long_one():
+    from flts.metrics import recent_change
+
+    calm_end = np.array([0.0, 4.0, 0.0, 4.0, 4.0, 4.0])  # changes 4, 4, 4, 0, 0
+    np.testing.assert_allclose(recent_change(calm_end, 2), recent_change(calm_end))
+    burst_end = np.array([4.0, 4.0, 4.0, 0.0, 4.0, 0.0])  # changes 0, 0, 4, 4, 4
+    np.testing.assert_allclose([recent_change(burst_end), recent_change(burst_end, 2)], [2.4, 4.0])
+
+
 def test_recent_change_is_floored_on_a_flat_stretch():
     from flts.metrics import recent_change
 

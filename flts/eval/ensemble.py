@@ -92,7 +92,8 @@ def intervals_of(choice: Choice, member_signatures: list[dict], train_target: np
     given = [s["intervals"] for s in member_signatures if s.get("intervals")]
     levels = given[0]["levels"] if given else list(DEFAULT_LEVELS)
     scale_rows = max((i.get("scale_rows", 0) for i in given), default=0)
-    return conformal_intervals(choice.val_truth, choice.val_forecast, levels, train_target, scale_rows)
+    short_rows = max((i.get("short_scale_rows", 0) for i in given), default=0)
+    return conformal_intervals(choice.val_truth, choice.val_forecast, levels, train_target, scale_rows, short_rows)
 
 
 def val_metrics(choice: Choice) -> dict:

@@ -368,7 +368,7 @@ def log_forecast_plot(client, winner: Scored, frame: scoring.ScoringFrame, ident
         nrmse, intervals = winner.metrics["nrmse"], sig.get("intervals")
         bands = []
         if intervals:
-            scales = frame.window_scales(sig["target"], len(winner.truth), intervals.get("scale_rows", 0))
+            scales = frame.window_scales(sig["target"], len(winner.truth), intervals)
             half = window_half_widths(intervals, scales)[:, -shown:, -1]
             bands = list(zip(intervals["levels"], half, strict=True))
         path = save_forecast_plot(workdir / "plots" / PLOT_FILE, times.iloc[-shown:], winner.truth[-shown:, -1],

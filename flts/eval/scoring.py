@@ -149,14 +149,15 @@ class ScoringFrame:
         """The training target before the frame's first row."""
         return self.train[target].to_numpy(np.float64)[:len(self.train) - self.lookback]
 
-    def window_scales(self, target: str, windows: int, rows: int) -> np.ndarray:
-        """The local scale (flts.metrics.window_scales) of each scored window, from all history before it
-        (ones for intervals that are not scaled, rows = 0)."""
+    def window_scales(self, target: str, windows: int, intervals: dict) -> np.ndarray:
+        """The local scale (flts.metrics.window_scales) of each scored window under a pointer's
+        `intervals`, from all history before it (ones for intervals that are not scaled)."""
+        rows = intervals.get("scale_rows", 0)
         if not rows:
             return np.ones(windows)
         series = np.concatenate([self.history(target), self.frame[target].to_numpy(np.float64)])
         first = len(series) - len(self.frame) + self.origin
-        return window_scales(series, first + np.arange(windows), rows)
+        return window_scales(series, first + np.arange(windows), rows, intervals.get("short_scale_rows", 0))
 
     def persistence(self, target: str, output_len: int) -> np.ndarray:
         return persistence_forecast(self.frame[target].to_numpy(np.float64), self.origin, output_len)

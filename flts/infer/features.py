@@ -42,6 +42,7 @@ class InputSpec:
     intervals: tuple[tuple[float, tuple[float, ...]], ...] = ()
     # > 0: the half-widths multiply the recent change of the target's last scale_rows + 1 values
     scale_rows: int = 0
+    short_scale_rows: int = 0  # > 0: at least the recent change of the last short_scale_rows changes
 
     @property
     def scaled_intervals(self) -> bool:
@@ -139,7 +140,7 @@ def interval_scales(x: np.ndarray, spec: InputSpec) -> np.ndarray | float:
     scale_rows + 1 at most): the v2 route, whose tensor is exactly the model's window."""
     if not spec.scaled_intervals:
         return 1.0
-    return recent_change(x[:, -(spec.scale_rows + 1):, spec.feature_columns.index(spec.target)])
+    return recent_change(x[:, -(spec.scale_rows + 1):, spec.feature_columns.index(spec.target)], spec.short_scale_rows)
 
 
 def interval_name(level: float) -> str:
@@ -251,5 +252,6 @@ def parse_predict(body, spec: InputSpec, max_rows: int) -> Window:
     step = spec.frequency_seconds or (float(np.median(np.diff(wall))) if rows > 1 else 0.0)
     if step <= 0:
         raise RequestError("cannot tell the data frequency from one row; send at least two rows")
-    scale = float(recent_change(raw[spec.target][-(spec.scale_rows + 1):])) if spec.scaled_intervals else 1.0
+    scale = float(recent_change(raw[spec.target][-(spec.scale_rows + 1):], spec.short_scale_rows)) \
+        if spec.scaled_intervals else 1.0
     return Window(x=x, last_wall=float(wall[-1]), step_seconds=float(step), steps=steps, tz=tz, sep=sep, scale=scale)

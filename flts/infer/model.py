@@ -109,6 +109,7 @@ def input_spec(pointer: PromotionPointer, signature: dict, artifact_format: Arti
         frequency_seconds=float(field("frequency_seconds")) if field("frequency_seconds") else None,
         intervals=_intervals(pointer, int(field("output_seq_len"))),
         scale_rows=pointer.intervals.scale_rows if pointer.intervals else 0,
+        short_scale_rows=pointer.intervals.short_scale_rows if pointer.intervals else 0,
     )
 
 

@@ -174,7 +174,8 @@ def _validation(settings: TrainSettings, validation: tuple, target_scale: Target
     forecast, truth = validation
     metrics = {f"val_{name}": value for name, value in regression_metrics(truth, forecast, target_scale).items()}
     metrics["val_windows"] = len(truth)
-    return metrics, conformal_intervals(truth, forecast, list(settings.interval_levels), train_target, scale_rows)
+    return metrics, conformal_intervals(truth, forecast, list(settings.interval_levels), train_target, scale_rows,
+                                        settings.interval_short_scale_rows)
 
 
 
