@@ -151,10 +151,12 @@ class ReplyWatcher(threading.Thread):
         from kafka import KafkaConsumer, TopicPartition
 
         self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-        tp = TopicPartition(routing.topic_of(events.TRAINING_DATA), 0)
-        self.consumer.assign([tp])
-        self.consumer.seek_to_end(tp)
-        self.consumer.position(tp)  # resolve "end" now, before anything is produced
+        topic = routing.topic_of(events.TRAINING_DATA)  # every partition: replies are keyed by dataset
+        parts = [TopicPartition(topic, p) for p in sorted(self.consumer.partitions_for_topic(topic) or {0})]
+        self.consumer.assign(parts)
+        self.consumer.seek_to_end(*parts)
+        for tp in parts:
+            self.consumer.position(tp)  # resolve "end" now, before anything is produced
         self.seen: dict[str, float] = {}
         self.cond = threading.Condition()
         self.stopping = False

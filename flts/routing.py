@@ -68,6 +68,12 @@ def subscribers(event_type: str) -> list[Deployment]:
     return [d for d in DEPLOYMENTS if event_type in d.subscribes]
 
 
+def replica_name(deployment_name: str, index: int) -> str:
+    """What replica `index` (0-based) of a deployment is called: the deployment's own name for the
+    first, `<name>-<n>` (n from 2) for the others (`fn-train-gru-2` on the local stack)."""
+    return deployment_name if index == 0 else f"{deployment_name}-{index + 1}"
+
+
 def deployment(name: str) -> Deployment:
     for d in DEPLOYMENTS:
         if d.name == name:

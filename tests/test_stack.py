@@ -146,9 +146,10 @@ def _claim_for(bootstrap: str, identifier: str, timeout: float = 180.0):
     from kafka import KafkaConsumer, TopicPartition
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    tp = TopicPartition(routing.topic_of(events.TRAINING_DATA), 0)
-    consumer.assign([tp])
-    consumer.seek_to_beginning(tp)
+    topic = routing.topic_of(events.TRAINING_DATA)  # its partitions: FLTS_TOPIC_PARTITIONS
+    parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:

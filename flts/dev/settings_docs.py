@@ -22,6 +22,7 @@ MODELS = {
     "gateway": "flts.gateway.settings:GatewaySettings",
     "dispatcher": "flts.dispatcher.settings:DispatchSettings",
     "frontdoor": "flts.dev.frontdoor:FrontdoorSettings",
+    "stack": "flts.dev.scaling:ScaleSettings",
     "logging": "flts.logs:LogSettings",
 }
 

@@ -8,7 +8,8 @@ logs live in the state dir next to the infrastructure's (`<state>/run/<name>.pid
 `<state>/logs/<name>.log`), so `flts down` finds every process it has to stop.
 
 Ports: deployment i of routing.DEPLOYMENTS listens on FLTS_FUNCTION_BASE_PORT + i (default
-18100); the dispatcher ingress on FLTS_DISPATCHER_PORT (default 18090).
+18100); its replica k (FLTS_REPLICAS, `flts up --replicas`; flts.dev.scaling) on that + k times
+the number of deployments; the dispatcher ingress on FLTS_DISPATCHER_PORT (default 18090).
 
 How a deployment is served comes from its function's spec (flts.spec): the spec's server on
 functions/<name>/main.py, or, for a request server (infer), the scale-to-zero front door
@@ -25,7 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from flts import routing
-from flts.dev import REPO, infra, processes, supervise
+from flts.dev import REPO, infra, processes, scaling, supervise
+from flts.dev.infra.kafka import partition_counts
 from flts.settings import ConfigError
 from flts.spec import FunctionSpec, Scaling
 
@@ -72,7 +74,7 @@ class StackConfig:
 class Process:
     """One process of the stack: what it runs, where it listens, how to tell it is healthy."""
 
-    name: str  # pid file / log name: fn-<deployment> or dispatcher
+    name: str  # pid file / log name: fn-<deployment>[-<replica>] or dispatcher
     kind: str  # "function" or "dispatcher"
     port: int
     command: list[str]
@@ -80,6 +82,8 @@ class Process:
     health_url: str
     url: str
     scale_to_zero: bool = False  # a front door: health_url is its status, the function runs on demand
+    deployment: str = ""  # a function process: its deployment, and which replica of it (0-based)
+    replica: int = 0
 
 
 # --------------------------------------------------------------------------- launch
@@ -102,42 +106,62 @@ def function_command(spec: FunctionSpec, port: int, host: str) -> list[str]:
     return spec.server_command(host, port, source_dir=str(FUNCTIONS_DIR / spec.name))
 
 
-def plan(cfg: StackConfig, deployments: list[str] | None = None) -> list[Process]:
-    """The function processes (routing.DEPLOYMENTS order) and the dispatcher, with ports and env."""
+def plan(cfg: StackConfig, deployments: list[str] | None = None,
+         replicas: dict[str, int] | None = None) -> list[Process]:
+    """The function processes (routing.DEPLOYMENTS order, each deployment's replicas together) and the
+    dispatcher, with ports and env. `replicas`: deployment → processes (default: FLTS_REPLICAS)."""
     chosen = _choose(deployments)
+    scale = scaling.ScaleSettings.from_env(os.environ)
+    counts = scaling.parse_replicas(scale.replicas) if replicas is None else replicas
     base_env = {**infra.client_env(cfg.infra), "PYTHONUNBUFFERED": "1"}
-    planned, targets = [], {}
+    planned, targets = [], []
     for index, deployment in enumerate(routing.DEPLOYMENTS):
         if deployment.name not in chosen:
             continue
-        port = cfg.function_base_port + index
-        url = f"http://{cfg.host}:{port}/"
-        # its own S3 account where the server has accounts (flts.dev.infra.s3.GRANTS), and its own
-        # ingress path: the dispatcher then knows which delivery an output belongs to (flts.dispatcher.dedup)
-        # A function that takes no events (the gateway) starts chains: it posts to the plain ingress `/`.
-        sink = f"{cfg.ingress_url}from/{deployment.name}" if deployment.spec.takes else cfg.ingress_url
-        env = {**base_env, **infra.function_env(cfg.infra, deployment.function), **deployment.env,
-               "FLTS_DEPLOYMENT": deployment.name, "K_SINK": sink}
-        # A front door answers its own status route: probing /healthz through it would wake the function.
-        frontdoor = behind_frontdoor(deployment.spec)
-        health = url.rstrip("/") + (FRONTDOOR_STATUS_PATH if frontdoor else HEALTH_PATH)
-        command = function_command(deployment.spec, port, cfg.host)
-        planned.append(Process(f"fn-{deployment.name}", "function", port, command, env, health, url,
-                               scale_to_zero=frontdoor))
-        if deployment.subscribes:  # the dispatcher delivers to it
-            targets[deployment.name] = url
+        for replica in range(counts.get(deployment.name, 1)):
+            port = cfg.function_base_port + replica * len(routing.DEPLOYMENTS) + index
+            planned.append(_function_process(cfg, deployment, replica, port, base_env))
+            if deployment.subscribes:  # the dispatcher delivers to it: a consumer per replica, one group
+                targets.append((deployment.name, planned[-1].url))
+    delivered = list(dict.fromkeys(name for name, _url in targets))
     dispatcher_env = {
         **infra.client_env(cfg.infra),
-        "DISPATCH_TARGETS": ",".join(f"{name}={url}" for name, url in targets.items()),
-        # one process per function here: no more in flight than one instance takes (its spec's capacity)
-        "DISPATCH_LIMITS": ",".join(f"{name}={routing.deployment(name).spec.capacity.concurrency}" for name in targets),
+        "DISPATCH_TARGETS": ",".join(f"{name}={url}" for name, url in targets),
+        # one process per replica here: no more in flight to each than one instance takes (its spec's capacity)
+        "DISPATCH_LIMITS": ",".join(f"{name}={routing.deployment(name).spec.capacity.concurrency}" for name in delivered),
         "DISPATCH_INGRESS_HOST": cfg.host,
         "DISPATCH_INGRESS_PORT": str(cfg.dispatcher_port),
+        # in the plan, so that `flts status` reads the lag of the groups the dispatcher really uses
+        **{name: os.environ[name] for name in GROUP_KNOBS if os.environ.get(name, "").strip()},
+        # not read by it: grown topics restart it, so its consumers rebalance over the new partitions
+        # at once (kafka-python would notice them at its next metadata refresh, minutes later)
+        "FLTS_TOPIC_PARTITIONS": str(scale.partitions),
         "PYTHONUNBUFFERED": "1",
     }
     planned.append(Process(DISPATCHER, "dispatcher", cfg.dispatcher_port, [sys.executable, "-m", "flts.dispatcher"],
                            dispatcher_env, f"http://{cfg.host}:{cfg.dispatcher_port}/readyz", cfg.ingress_url))
     return planned
+
+
+GROUP_KNOBS = ("DISPATCH_GROUP_PREFIX", "DISPATCH_OFFSET_RESET")
+
+
+def _function_process(cfg: StackConfig, deployment: routing.Deployment, replica: int, port: int,
+                      base_env: dict[str, str]) -> Process:
+    url = f"http://{cfg.host}:{port}/"
+    # its own S3 account where the server has accounts (flts.dev.infra.s3.GRANTS), and its own
+    # ingress path: the dispatcher then knows which delivery an output belongs to (flts.dispatcher.dedup)
+    # A function that takes no events (the gateway) starts chains: it posts to the plain ingress `/`.
+    sink = f"{cfg.ingress_url}from/{deployment.name}" if deployment.spec.takes else cfg.ingress_url
+    env = {**base_env, **infra.function_env(cfg.infra, deployment.function), **deployment.env,
+           "FLTS_DEPLOYMENT": deployment.name, "K_SINK": sink}
+    # A front door answers its own status route: probing /healthz through it would wake the function.
+    frontdoor = behind_frontdoor(deployment.spec)
+    health = url.rstrip("/") + (FRONTDOOR_STATUS_PATH if frontdoor else HEALTH_PATH)
+    command = function_command(deployment.spec, port, cfg.host)
+    name = f"fn-{routing.replica_name(deployment.name, replica)}"
+    return Process(name, "function", port, command, env, health, url, scale_to_zero=frontdoor,
+                   deployment=deployment.name, replica=replica)
 
 
 def _choose(deployments: list[str] | None) -> set[str]:
@@ -239,20 +263,25 @@ def restart(cfg: StackConfig, name: str) -> Process:
 
 # --------------------------------------------------------------------------- up / down / status
 def up(cfg: StackConfig | None = None, deployments: list[str] | None = None, with_infra: bool = True,
-       echo: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> list[Process]:
-    """Bring the stack up; returns the plan.
+       echo: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+       replicas: dict[str, int] | None = None) -> list[Process]:
+    """Bring the stack up; returns the plan. `replicas`: deployment → processes (default: FLTS_REPLICAS).
 
     Idempotent: running processes that match the plan are kept; ones that do not (changed
-    command or env, or a deployment left out by `deployments`) are stopped or restarted.
-    Every process runs under the supervisor, which restarts it when it exits.
+    command or env, or a deployment left out by `deployments`, or a replica no longer wanted)
+    are stopped or restarted. Every process runs under the supervisor, which restarts it when it exits.
     """
     cfg = cfg or StackConfig()
     t0 = time.monotonic()
+    scale = scaling.ScaleSettings.from_env(os.environ)
+    replicas = scaling.parse_replicas(scale.replicas) if replicas is None else replicas  # fails before any start
+    _choose(deployments)
     if with_infra:
-        infra.start_all(cfg.infra, topics=routing.all_topics())
-    else:
-        infra.create_topics(cfg.infra, routing.all_topics())
-    procs = plan(cfg, deployments)
+        infra.start_all(cfg.infra, topics=[])  # the topics below, with their partitions
+    infra.create_topics(cfg.infra, routing.all_topics(), partitions=scale.partitions)
+    procs = plan(cfg, deployments, replicas)  # after the start: the env holds the credentials it generates
+    for warning in _replica_warnings(cfg, procs):
+        echo(f"warning: {warning}")
     functions = [p for p in procs if p.kind == "function"]
     _supervise(cfg, procs, echo)
     # functions first: the dispatcher's first deliveries should find them listening
@@ -264,6 +293,24 @@ def up(cfg: StackConfig | None = None, deployments: list[str] | None = None, wit
     wait_healthy(cfg, [dispatcher])
     echo(f"stack: up in {time.monotonic() - t0:.1f}s (state {cfg.infra.state_dir})")
     return procs
+
+
+def _replica_warnings(cfg: StackConfig, procs: list[Process]) -> list[str]:
+    replicas = _replicas_planned(procs)
+    scaled = {name: count for name, count in replicas.items() if count > 1}
+    if not scaled:
+        return []
+    topics = sorted({t for name in scaled for t in scaling.topics_of(name)})
+    return scaling.replica_warnings(scaled, partition_counts(cfg.infra, topics))
+
+
+def _replicas_planned(procs: list[Process]) -> dict[str, int]:
+    """Deployment → how many of its processes the plan has."""
+    counts: dict[str, int] = {}
+    for proc in procs:
+        if proc.kind == "function":
+            counts[proc.deployment] = counts.get(proc.deployment, 0) + 1
+    return counts
 
 
 def _start(cfg: StackConfig, proc: Process) -> str:
@@ -338,7 +385,10 @@ def status(cfg: StackConfig | None = None) -> list[dict]:
     (not supervised, yet something of it runs or holds its port) or `stopped`. A dead-letter
     topic is `empty` or `<n> dead` (not yet replayed). A front door's row (infer) also has
     `frontdoor` (its GET /_frontdoor/status: backend state, pid, cold starts) and
-    `scaled_to_zero` (no function process runs behind it now).
+    `scaled_to_zero` (no function process runs behind it now). A function row names its
+    `deployment` and `replica`; a deployment's first row has `replicas` (planned) and
+    `replicas_up` (healthy), and with Kafka up, for one that takes events, its consumer group's
+    `group`, `consumers` (members now) and `lag` (records not committed yet).
     """
     cfg = cfg or StackConfig()
     services = infra.status(cfg.infra)
@@ -349,10 +399,65 @@ def status(cfg: StackConfig | None = None) -> list[dict]:
     rows.append({"name": "supervisor", "kind": "supervisor", "pid": supervisor_pid,
                  "url": f"unix://{supervise.socket_path(cfg.infra.state_dir)}",
                  "state": "healthy" if supervisor_pid else "stopped"})
-    rows += [_process_row(cfg, proc) for proc in _load_plan(cfg) or plan(cfg)]
-    if any(r["name"] == "kafka" and r["state"] == "healthy" for r in rows):
+    procs = planned(cfg)
+    process_rows = [_process_row(cfg, proc) for proc in procs]
+    kafka_up = any(r["name"] == "kafka" and r["state"] == "healthy" for r in rows)
+    heads = _count_replicas(procs, process_rows)
+    if kafka_up:
+        _add_lag(cfg, procs, heads)
+    rows += process_rows
+    if kafka_up:
         rows += _dead_letter_rows(cfg)
     return rows
+
+
+def planned(cfg: StackConfig) -> list[Process]:
+    """The running stack's plan (saved by `up`), else the one this environment would make."""
+    return _load_plan(cfg) or plan(cfg)
+
+
+def _count_replicas(procs: list[Process], rows: list[dict]) -> dict[str, dict]:
+    """Name each function row's deployment and replica; on each deployment's first row, its replicas
+    (planned) and replicas_up (healthy). Returns deployment → that first row."""
+    heads: dict[str, dict] = {}
+    for proc, row in zip(procs, rows, strict=True):
+        if proc.kind != "function":
+            continue
+        row.update(deployment=proc.deployment or proc.name.removeprefix("fn-"), replica=proc.replica)
+        head = heads.setdefault(row["deployment"], row)
+        head["replicas"] = head.get("replicas", 0) + 1
+        head["replicas_up"] = head.get("replicas_up", 0) + (row["state"] == "healthy")
+    return heads
+
+
+def _add_lag(cfg: StackConfig, procs: list[Process], heads: dict[str, dict]) -> None:
+    """On each event-taking deployment's first row: its group's lag and members, and a warning when
+    it has more replicas than its topics have partitions."""
+    for name, state in _group_states(cfg, procs, list(heads)).items():
+        head = heads[name]
+        if isinstance(state, str):  # why it could not be read
+            head["note"] = "; ".join(filter(None, [head.get("note"), state]))
+            continue
+        head.update(lag=state.lag, consumers=state.members, group=state.group)
+        notes = scaling.replica_warnings({name: head["replicas"]}, state.partitions) if head["replicas"] > 1 else []
+        if state.members != head["replicas_up"]:  # e.g. the dispatcher is down, or a replica's consumer not joined yet
+            notes.append(f"{state.members} consumer(s) in group {state.group} for {head['replicas_up']} replica(s) up")
+        head["note"] = "; ".join(filter(None, [head.get("note"), *notes]))
+
+
+def _group_states(cfg: StackConfig, procs: list[Process], deployments: list[str]) -> dict[str, scaling.GroupState | str]:
+    """Deployment → its consumer group's GroupState, or why it could not be read (a status reports, never fails)."""
+    from flts.dispatcher.settings import DispatchSettings
+
+    takers = [name for name in deployments if routing.deployment(name).subscribes]
+    dispatcher = next((p for p in procs if p.kind == "dispatcher"), None)
+    try:
+        settings = DispatchSettings.from_env(dispatcher.env if dispatcher else infra.client_env(cfg.infra))
+        groups = {f"{settings.group_prefix}{name}": scaling.topics_of(name) for name in takers}
+        states = scaling.group_states(infra.kafka_bootstrap(cfg.infra), groups, settings.offset_reset == "earliest")
+    except Exception as exc:  # noqa: BLE001 - e.g. the group coordinator not ready yet
+        return dict.fromkeys(takers, f"lag unknown: {type(exc).__name__}: {exc}")
+    return {name: states[f"{settings.group_prefix}{name}"] for name in takers}
 
 
 def _process_row(cfg: StackConfig, proc: Process) -> dict:
@@ -428,10 +533,13 @@ def _frontdoor_note(door: dict) -> str:
 
 
 def format_status(rows: list[dict]) -> str:
+    """The table: REPLICAS (up/planned) and LAG (records the group has not committed) on a deployment's first row."""
     width = max([len("URL"), *(len(r["url"]) for r in rows if r["kind"] != "supervisor")])
-    lines = [f"{'NAME':<18} {'KIND':<10} {'STATE':<10} {'PID':<8} {'URL':<{width}}  NOTE".rstrip()]
+    lines = [f"{'NAME':<18} {'KIND':<10} {'STATE':<10} {'REPLICAS':<8} {'LAG':<6} {'PID':<8} {'URL':<{width}}  NOTE"]
     for r in rows:
-        line = f"{r['name']:<18} {r['kind']:<10} {r['state']:<10} {str(r['pid'] or '-'):<8} {r['url']:<{width}}"
+        replicas = f"{r['replicas_up']}/{r['replicas']}" if "replicas" in r else ""
+        line = (f"{r['name']:<18} {r['kind']:<10} {r['state']:<10} {replicas:<8} {str(r.get('lag', '')):<6} "
+                f"{str(r['pid'] or '-'):<8} {r['url']:<{width}}")
         lines.append(f"{line}  {r.get('note') or ''}".rstrip())
     return "\n".join(lines)
 
@@ -553,8 +661,9 @@ def _gateway_answer(response) -> dict:
 def _cli_up(args) -> int:
     cfg = StackConfig()
     only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
+    replicas = scaling.parse_replicas(args.replicas) if args.replicas is not None else None
     try:
-        up(cfg, only, with_infra=not args.no_infra)
+        up(cfg, only, with_infra=not args.no_infra, replicas=replicas)
     except StackError as exc:
         raise StackError(f"{exc}\n(what did start keeps running: `flts status`, `flts down`)") from None
     print(format_status(status(cfg)))
@@ -660,6 +769,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("up", help="start the local full stack: Kafka, S3, PostgreSQL, MLflow, functions, dispatcher")
     p.add_argument("--only", help="comma-separated deployments to run (default: all), e.g. preprocess,eval")
     p.add_argument("--no-infra", action="store_true", help="use the running infrastructure (only create topics)")
+    p.add_argument("--replicas", help="processes per deployment, e.g. train-gru=2,preprocess=2 or train=2 "
+                                      "(default: FLTS_REPLICAS; unlisted = 1)")
     p.set_defaults(func=_guarded(_cli_up))
     p = sub.add_parser("down", help="stop the dispatcher, the function processes and the infrastructure")
     p.add_argument("--keep-infra", action="store_true", help="stop only the functions and the dispatcher")
@@ -679,7 +790,8 @@ def add_parser(sub) -> None:
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait (default: 1800)")
     p.set_defaults(func=_guarded(_cli_upload))
     p = sub.add_parser("restart", help="stop and start one process of the running stack, e.g. `flts restart infer`")
-    p.add_argument("name", help="a deployment (preprocess, train-gru, eval, infer, ...) or `dispatcher`")
+    p.add_argument("name", help="a deployment (preprocess, train-gru, eval, infer, ...), a replica of one "
+                                "(train-gru-2) or `dispatcher`")
     p.set_defaults(func=_guarded(_cli_restart))
     p = sub.add_parser("replay", help="put the pending dead letters of a dlq-<topic> back onto their topic")
     p.add_argument("topic", help="the dead-letter topic, e.g. dlq-dataset-ready (`flts status` lists them)")

@@ -111,11 +111,12 @@ def running_server(app, port: int | None = None, timeout: float = 20.0):
 
 def stack_pids(cfg) -> set[int]:
     """Every process of a local stack (flts.dev.stack.StackConfig) that is alive now: each supervised
-    process group's members, and what runs in a process's folder (infer runs in a session of its own)."""
+    process group's members (every replica's: the saved plan), and what runs in a process's folder
+    (infer runs in a session of its own)."""
     from flts.dev import processes, stack
 
     pids = set()
-    for proc in stack.plan(cfg):
+    for proc in stack.planned(cfg):
         pid = stack.running_pid(cfg, proc.name)
         if pid is not None:
             pids |= {pid, *processes.group_members(pid)}

@@ -4,10 +4,12 @@ It plays, on one machine (and on OpenFaaS CE, which has no Kafka connector), the
 Knative's KafkaSource + Broker play on a cluster:
 
 - For every deployment in the routing table that has a URL, one consumer loop (a thread
-  with its own consumer group `flts-<deployment>`) reads the topics of the event types the
+  in the deployment's consumer group `flts-<deployment>`) reads the topics of the event types the
   deployment subscribes to, POSTs each event as a binary-mode CloudEvent, and commits the
-  offset only after the event is settled (at-least-once; auto-commit is off).
-- Up to DISPATCH_CONCURRENCY deliveries per deployment are in flight at once; events with the
+  offset only after the event is settled (at-least-once; auto-commit is off). A deployment
+  with several URLs (replicas) has a loop per URL in that one group, so Kafka shares the
+  partitions out among the replicas.
+- Up to DISPATCH_CONCURRENCY deliveries per loop are in flight at once; events with the
   same Kafka key (the dataset identifier) go one after the other, in order. The committed
   offset is each partition's watermark: it never passes an event that has not settled.
 - Settled means: a 2xx (its reply events written to their topics first), or a dead letter
@@ -51,14 +53,14 @@ from flts.dispatcher.consumer import ConsumerLoop
 from flts.dispatcher.dedup import Written, seed, write_once
 from flts.dispatcher.ingress import IngressServer, NotInFlight, events_from_request
 from flts.dispatcher.producer import EventProducer, publish
-from flts.dispatcher.routes import Routes, Subscription, parse_targets, routes_from_table
+from flts.dispatcher.routes import Routes, Subscription, parse_targets, replica_targets, routes_from_table
 from flts.dispatcher.settings import DispatchSettings
 from flts.logs import configure, error, log, warn
 from flts.settings import ConfigError, Env
 
 __all__ = [
     "Dispatcher", "DispatchSettings", "EventProducer", "Routes", "Subscription", "event_from_kafka",
-    "event_to_kafka", "main", "parse_targets", "publish", "routes_from_table",
+    "event_to_kafka", "main", "parse_targets", "publish", "replica_targets", "routes_from_table",
 ]
 
 
@@ -93,7 +95,7 @@ class Dispatcher:
             loop.start()
             self.loops.append(loop)
         log("dispatcher_started", ingress=self.ingress_url if ingress else None,
-            deployments=[s.deployment for s in self.routes.subscriptions], keys_read_back=len(self.written))
+            consumers=[s.name for s in self.routes.subscriptions], keys_read_back=len(self.written))
         return self
 
     def stop(self, timeout: float = 15.0) -> None:
@@ -111,18 +113,19 @@ class Dispatcher:
         log("dispatcher_stopped")
 
     def ready(self) -> bool:
-        return all(loop.is_alive() and loop.stats.assigned for loop in self.loops)
+        """Every consumer runs and has joined its group (a replica beyond the partitions joins with none)."""
+        return all(loop.is_alive() and loop.stats.joined for loop in self.loops)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while not self.ready():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"dispatcher consumers not assigned after {timeout:.0f}s: {self.health()}")
+                raise TimeoutError(f"dispatcher consumers not joined after {timeout:.0f}s: {self.health()}")
             time.sleep(0.1)
 
     def health(self) -> dict:
-        return {"consumers": {loop.sub.deployment: {"alive": loop.is_alive(), "group": loop.group,
-                                                    "url": loop.sub.url, **vars(loop.stats)}
+        return {"consumers": {loop.sub.name: {"alive": loop.is_alive(), "group": loop.group,
+                                              "url": loop.sub.url, **vars(loop.stats)}
                               for loop in self.loops}}
 
     def ingest(self, headers: Mapping[str, str], body: bytes, sender: str | None = None) -> list[dict]:
@@ -150,8 +153,10 @@ class Dispatcher:
 
     def _roots_in_flight(self, sender: str, found: list) -> list[str | None]:
         """Each posted event's chain root: that of the delivery in flight with the same Kafka key (the
-        dataset; one per key at a time), else the one root all deliveries in flight share."""
-        roots = next((loop.roots_in_flight() for loop in self.loops if loop.sub.deployment == sender), {})
+        dataset; one per key at a time), else the one root all deliveries in flight share. A key is on one
+        partition, so on one replica's loop: the replicas' deliveries in flight are merged."""
+        roots = {key: root for loop in self.loops if loop.sub.deployment == sender
+                 for key, root in loop.roots_in_flight().items()}
         if not roots:
             raise NotInFlight(f"no delivery to {sender!r} is in flight: this output belongs to a delivery the "
                               f"dispatcher no longer waits for (its input is uncommitted and will come again)")
@@ -178,7 +183,7 @@ def main(env: Env | None = None) -> int:
         return 2
     try:
         settings = DispatchSettings.from_env(env)
-        routes = routes_from_table(parse_targets(settings.targets))
+        routes = routes_from_table(replica_targets(settings.targets))
     except ConfigError as exc:
         error("dispatcher_config", error=str(exc))
         return 2

@@ -1,4 +1,4 @@
-"""One consumer loop per deployment: poll records, deliver several at once, settle each, commit the watermark.
+"""One consumer loop per deployment replica: poll records, deliver several at once, settle each, commit the watermark.
 
 Concurrency (DISPATCH_CONCURRENCY deliveries in flight per deployment): the loop thread owns
 the Kafka consumer and hands each record to a `KeyedPool`, one lane per record key (the
@@ -20,6 +20,10 @@ escapes a poll closes the Kafka consumer and opens a new one after a pause
 and the old consumer's late results are ignored. A replayed dead letter (header
 `flts_replay_for`) is delivered to the deployment it names only; the others settle it
 and move on.
+
+Replicas: a deployment with several URLs has one loop per URL, all in the deployment's one
+consumer group, so Kafka's group shares the partitions out among them; a key stays on its
+partition, so one dataset's events still go to one replica, in order.
 """
 from __future__ import annotations
 
@@ -66,6 +70,7 @@ class LoopStats:
     restarts: int = 0  # the Kafka consumer failed and was opened again
     pending: int = 0  # records taken and not settled yet (in flight or waiting for their key's lane)
     assigned: list[str] = field(default_factory=list)
+    joined: bool = False  # the group gave this consumer its share (none, when there are more replicas than partitions)
     last_error: str | None = None
     _lock: ClassVar = threading.Lock()  # workers count at the same time
 
@@ -136,7 +141,7 @@ class ConsumerLoop(threading.Thread):
 
     def __init__(self, subscription: Subscription, routes: Routes, settings: DispatchSettings,
                  producer: EventProducer, stop: threading.Event, written: Written | None = None):
-        super().__init__(name=f"dispatch-{subscription.deployment}", daemon=True)
+        super().__init__(name=f"dispatch-{subscription.name}", daemon=True)
         self.sub, self.routes, self.settings = subscription, routes, settings
         self.producer, self.stop = producer, stop
         self.written = written or Written()
@@ -152,7 +157,7 @@ class ConsumerLoop(threading.Thread):
 
     def run(self) -> None:
         self.client = self._http_client()
-        self.pool = KeyedPool(self.concurrency, f"deliver-{self.sub.deployment}")
+        self.pool = KeyedPool(self.concurrency, f"deliver-{self.sub.name}")
         try:
             while not self.stop.is_set():
                 try:
@@ -178,14 +183,14 @@ class ConsumerLoop(threading.Thread):
         """One Kafka consumer's life: poll and hand out records until the dispatcher stops or something raises."""
         session = Session()
         consumer = self._open_consumer(session)
-        log("dispatch_consumer_started", deployment=self.sub.deployment, group=self.group,
+        log("dispatch_consumer_started", deployment=self.sub.deployment, replica=self.sub.name, group=self.group,
             topics=list(self.sub.topics), url=self.sub.url, concurrency=self.concurrency)
         try:
             while not self.stop.is_set():
                 self._poll_once(consumer, session)
             self.pool.wait_idle(STOP_DRAIN_SEC)  # let what is in flight settle (queued records are skipped)
         finally:
-            self.stats.assigned = []
+            self.stats.assigned, self.stats.joined = [], False
             self._final_commit(consumer, session)
             session.close()
             with contextlib.suppress(Exception):  # a broken consumer may fail to close: it is dropped anyway
@@ -197,7 +202,7 @@ class ConsumerLoop(threading.Thread):
         consumer = KafkaConsumer(
             bootstrap_servers=self.settings.bootstrap_servers,
             group_id=self.group,
-            client_id=f"flts-dispatcher-{self.sub.deployment}",
+            client_id=f"flts-dispatcher-{self.sub.name}",
             enable_auto_commit=False,  # commit by hand, at the watermark of settled records
             auto_offset_reset=self.settings.offset_reset,
             max_poll_records=self.buffer_limit,
@@ -206,6 +211,7 @@ class ConsumerLoop(threading.Thread):
             # heartbeats come from a background thread every 3 s, so a long delivery is not mistaken for it
             session_timeout_ms=SESSION_TIMEOUT_MS,
         )
+        self.stats.joined = False
         consumer.subscribe(list(self.sub.topics), listener=_rebalance_listener(self, consumer, session))
         return consumer
 
@@ -341,7 +347,8 @@ class ConsumerLoop(threading.Thread):
             write_once(self.producer, self.written, topic, reply, root)
         self.stats.add("delivered")
         self.stats.add("replies", len(replies))
-        log("dispatch_delivered", deployment=self.sub.deployment, event_type=event["type"], event_id=event["id"],
+        log("dispatch_delivered", deployment=self.sub.deployment, replica=self.sub.name, event_type=event["type"],
+            event_id=event["id"], key=record.key.decode("utf-8", "replace") if record.key else None,
             status=result.status, attempts=result.attempts, replies=[r["type"] for r in replies],
             ms=round((time.perf_counter() - started) * 1000, 1))
 
@@ -355,7 +362,8 @@ class ConsumerLoop(threading.Thread):
 
 
 def _rebalance_listener(loop: ConsumerLoop, consumer, session: Session):
-    """On revocation, commit the revoked partitions' watermark and forget them (their next owner goes on)."""
+    """On revocation, commit the revoked partitions' watermark and forget them (their next owner goes on);
+    on assignment (an empty one too: more replicas than partitions), the consumer has joined."""
     from kafka import ConsumerRebalanceListener
 
     class Listener(ConsumerRebalanceListener):
@@ -364,6 +372,7 @@ def _rebalance_listener(loop: ConsumerLoop, consumer, session: Session):
             session.drop(revoked)
 
         def on_partitions_assigned(self, assigned):
-            pass
+            loop.stats.assigned = sorted(f"{tp.topic}/{tp.partition}" for tp in assigned)
+            loop.stats.joined = True
 
     return Listener()

@@ -1,6 +1,7 @@
 """Kafka: one KRaft JVM that is broker and controller, from the jars infra/install.sh fetched."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 from pathlib import Path
@@ -152,16 +153,15 @@ def _launch(cfg: InfraConfig) -> int:
 
 
 def create_topics(cfg: InfraConfig, names: list[str] | None = None, partitions: int = 1) -> list[str]:
-    """Create the missing topics (idempotent); return the names that were created."""
-    from kafka import KafkaAdminClient
+    """Create the missing topics with `partitions` partitions, and grow existing ones that have fewer
+    (idempotent; Kafka never shrinks a topic); return the names that were created."""
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    names = list(cfg.topics if names is None else names)
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap(cfg), client_id="flts-infra", request_timeout_ms=15000)
-    try:
+    names = list(dict.fromkeys(cfg.topics if names is None else names))
+    with _admin(cfg) as admin:
         existing = set(admin.list_topics())
-        missing = [n for n in dict.fromkeys(names) if n not in existing]
+        missing = [n for n in names if n not in existing]
         if missing:
             try:
                 admin.create_topics(
@@ -176,7 +176,38 @@ def create_topics(cfg: InfraConfig, names: list[str] | None = None, partitions: 
             still = [n for n in missing if n not in existing]
             if still:
                 raise InfraError(f"kafka: could not create topics {still}")
-            say(f"kafka: created topics {', '.join(missing)}")
+            say(f"kafka: created topics {', '.join(missing)} ({partitions} partition(s) each)")
+        _grow(admin, [n for n in names if n not in missing], partitions)
         return missing
+
+
+def _grow(admin, names: list[str], partitions: int) -> None:
+    """Existing topics below `partitions` get more. A key's partition is its hash modulo the count,
+    so a dataset's events written before the growth may sit on another partition than later ones."""
+    fewer = {name: partitions for name, count in _counts(admin, names).items() if count < partitions}
+    if fewer:
+        admin.create_partitions(fewer, timeout_ms=15000)
+        say(f"kafka: grew topics {', '.join(sorted(fewer))} to {partitions} partition(s)")
+
+
+def partition_counts(cfg: InfraConfig, names: list[str]) -> dict[str, int]:
+    """How many partitions each existing topic of `names` has (a missing topic is left out)."""
+    with _admin(cfg) as admin:
+        return _counts(admin, names)
+
+
+def _counts(admin, names: list[str]) -> dict[str, int]:
+    if not names:
+        return {}
+    return {t["name"]: len(t["partitions"]) for t in admin.describe_topics(names) if not t.get("error_code")}
+
+
+@contextlib.contextmanager
+def _admin(cfg: InfraConfig):
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap(cfg), client_id="flts-infra", request_timeout_ms=15000)
+    try:
+        yield admin
     finally:
         admin.close()
