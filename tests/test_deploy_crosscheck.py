@@ -66,9 +66,19 @@ def knative_env(service: dict) -> dict[str, dict]:
     return {e["name"]: e for e in service["spec"]["template"]["spec"]["containers"][0]["env"]}
 
 
+def template_index():
+    """template/flts-python/index.py, the entry point of every image."""
+    spec = importlib.util.spec_from_file_location("flts_template_index", REPO / "template" / deploy.TEMPLATE / "index.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def openfaas_env_names(fn: dict) -> set[str]:
-    # OpenFaaS secrets become variables in template/flts-python/index.py (s3-access-key → S3_ACCESS_KEY).
-    return set(fn.get("environment", {})) | {s.upper().replace("-", "_") for s in fn.get("secrets", [])}
+    # OpenFaaS secrets become variables in index.py, in the function its image runs
+    # (event-token → EVENT_TOKEN; s3-access-key-train → S3_ACCESS_KEY in train).
+    function = fn["build_args"]["FLTS_FUNCTION"]
+    return set(fn.get("environment", {})) | {template_index().env_name(s, function) for s in fn.get("secrets", [])}
 
 
 # --------------------------------------------------------------------------- routing
@@ -142,9 +152,9 @@ def test_every_env_variable_a_manifest_sets_is_read_by_the_code(knative, stack, 
         for var in knative_env(service):
             set_by.setdefault(var, set()).add(f"Knative {name}")
     config = next(o for o in knative if o["kind"] == "ConfigMap")
-    secret = next(o for o in knative if o["kind"] == "Secret")
-    for var in list(config["data"]) + list(secret["stringData"]):
-        set_by.setdefault(var, set()).add(f"{config['kind']}/{secret['kind']}")
+    secret_keys = [k for o in knative if o["kind"] == "Secret" for k in o["stringData"]]
+    for var in list(config["data"]) + secret_keys:
+        set_by.setdefault(var, set()).add("ConfigMap/Secret")
     for name, fn in stack["functions"].items():
         for var in openfaas_env_names(fn) - WATCHDOG_ENV:
             set_by.setdefault(var, set()).add(f"OpenFaaS {name}")

@@ -82,8 +82,10 @@ def test_every_deployment_is_a_function_with_scaling_labels_limits_and_secrets(s
         assert fn["lang"] == deploy.TEMPLATE and fn["handler"] == f"./functions/{d.function}"
         assert int(fn["labels"]["com.openfaas.scale.min"]) <= int(fn["labels"]["com.openfaas.scale.max"])
         assert set(fn["limits"]) == {"cpu", "memory"}
-        # CE: the dispatcher sends EVENT_TOKEN, so every function requires it (secret event-token)
-        assert fn["secrets"] == [deploy.secret_file_name(k) for k in (*d.spec.secrets, "EVENT_TOKEN")]
+        # its own S3 account; CE: the dispatcher sends EVENT_TOKEN, so every function requires it (event-token)
+        own = [deploy.own_secret_file_name(k, d.function) for k in deploy.own_secret_keys(d.spec)]
+        shared = [deploy.secret_file_name(k) for k in (*deploy.shared_secret_keys(d.spec), "EVENT_TOKEN")]
+        assert fn["secrets"] == own + shared
         for key, value in d.env.items():
             assert fn["environment"][key] == value
         # of-watchdog must wait as long as the function may run

@@ -8,8 +8,10 @@ folder (functions/<name>/, the working directory): FLTS_FUNCTION names the funct
 its spec (flts.<function>.SPEC) says which server runs which entry point of main.py.
 
 OpenFaaS mounts secrets as files in /var/openfaas/secrets/, but the code reads settings
-from the environment only: each secret file becomes a variable first (`s3-secret-key` →
-S3_SECRET_KEY), unless the variable is already set.
+from the environment only: each secret file becomes a variable first (`event-token` →
+EVENT_TOKEN), unless the variable is already set. A secret named for this function is its
+own value of the variable (`s3-access-key-train` → S3_ACCESS_KEY where FLTS_FUNCTION=train:
+each function has an S3 account of its own) and wins over a shared one of the same name.
 """
 from __future__ import annotations
 
@@ -23,16 +25,26 @@ from urllib.parse import urlsplit
 SECRETS_DIR = Path("/var/openfaas/secrets")
 
 
-def secrets_to_env(directory: Path, env: MutableMapping[str, str]) -> list[str]:
-    """Load each secret file into `env`; returns the variable names it set."""
+def _is_own(secret: str, function: str) -> bool:
+    return bool(function) and secret.endswith(f"-{function}")
+
+
+def env_name(secret: str, function: str) -> str:
+    """The variable a secret file sets: `s3-access-key` and this function's `s3-access-key-<function>` → S3_ACCESS_KEY."""
+    if _is_own(secret, function):
+        secret = secret.removesuffix(f"-{function}")
+    return secret.upper().replace("-", "_")
+
+
+def secrets_to_env(directory: Path, env: MutableMapping[str, str], function: str = "") -> list[str]:
+    """Load each secret file into `env` (the function's own ones first); returns the variable names it set."""
     loaded = []
     if not directory.is_dir():
         return loaded
-    for path in sorted(directory.iterdir()):
-        # Kubernetes mounts secrets through `..data` symlinks: skip the dot entries.
-        if path.name.startswith(".") or not path.is_file():
-            continue
-        name = path.name.upper().replace("-", "_")
+    # Kubernetes mounts secrets through `..data` symlinks: skip the dot entries.
+    files = [p for p in directory.iterdir() if not p.name.startswith(".") and p.is_file()]
+    for path in sorted(files, key=lambda p: (not _is_own(p.name, function), p.name)):
+        name = env_name(path.name, function)
         if name not in env:
             env[name] = path.read_text().rstrip("\r\n")
             loaded.append(name)
@@ -65,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", help="HOST:PORT (default: upstream_url, i.e. behind of-watchdog)")
     args = parser.parse_args(argv)
-    secrets_to_env(SECRETS_DIR, os.environ)
+    secrets_to_env(SECRETS_DIR, os.environ, os.environ.get("FLTS_FUNCTION", ""))
     host, port = listen_address(args.listen, os.environ)
     command = server_command(os.environ.get("FLTS_FUNCTION", ""), host, port)
     sys.stdout.flush()

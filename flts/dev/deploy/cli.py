@@ -1,4 +1,4 @@
-"""`flts deploy render|shrinkwrap`."""
+"""`flts deploy render|shrinkwrap|s3-accounts`."""
 from __future__ import annotations
 
 import argparse
@@ -6,11 +6,12 @@ import sys
 from pathlib import Path
 
 from flts.dev import REPO
+from flts.dev.deploy.accounts import commands
 from flts.dev.deploy.cluster import KAFKA_REPLICATION, REGISTRY, Edition, RenderOptions
 from flts.dev.deploy.generate import TARGETS, drift, write
 from flts.dev.deploy.knative import knative_files
 from flts.dev.deploy.openfaas import shrinkwrap, stack
-from flts.dev.deploy.validate import edition_errors, knative_errors, stack_errors
+from flts.dev.deploy.validate import edition_errors, knative_errors, stack_credential_errors, stack_errors
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +34,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     wrap.add_argument("function", help="a function name of stack.yml, e.g. train-gru")
     wrap.add_argument("outdir", help="where <outdir>/<function>/ is written (e.g. build)")
     wrap.set_defaults(func=_shrinkwrap_cmd)
+    accounts = actions.add_parser("s3-accounts", help="print the commands creating each function's S3 account "
+                                                      "(its grants) and its secret")
+    accounts.add_argument("--target", choices=TARGETS, default="knative",
+                          help="whose secrets: a Knative Secret or OpenFaaS secrets per function (default knative)")
+    accounts.set_defaults(func=_accounts_cmd)
 
 
 def _render_cmd(args) -> int:
@@ -48,11 +54,18 @@ def _render_cmd(args) -> int:
     if "knative" in targets:
         problems += knative_errors([o for objs in knative_files(options).values() for o in objs])
     if "openfaas" in targets:
-        problems += stack_errors(stack(options)) + edition_errors(stack(options), options.openfaas_edition)
+        stack_file = stack(options)
+        problems += stack_errors(stack_file) + edition_errors(stack_file, options.openfaas_edition)
+        problems += stack_credential_errors(stack_file)
     for problem in problems:
         print(problem, file=sys.stderr)
     print(f"{len(problems)} problem(s)" if problems else "deployment files are up to date and valid")
     return 1 if problems else 0
+
+
+def _accounts_cmd(args) -> int:
+    print(commands(args.target), end="")
+    return 0
 
 
 def _shrinkwrap_cmd(args) -> int:

@@ -95,8 +95,23 @@ CONFIG: dict[str, str] = _config()
 
 
 # Credentials are names only (each spec lists the ones its function reads). Knative reads them
-# from a Secret; OpenFaaS mounts one secret per key (`s3-access-key` → S3_ACCESS_KEY, see
-# template/flts-python/index.py).
+# from Secrets; OpenFaaS mounts one secret per key (`event-token` → EVENT_TOKEN, see
+# template/flts-python/index.py). The S3 keys are each function's own: every function has an S3
+# account allowed only what flts.dev.infra.s3.GRANTS says (flts/dev/deploy/accounts.py), so they
+# come from a secret per function; the other keys from the shared one.
+S3_CREDENTIAL_KEYS = ("S3_ACCESS_KEY", "S3_SECRET_KEY")
+
+
+def own_secret_keys(spec: FunctionSpec) -> tuple[str, ...]:
+    """The secret keys a function has its own value of (its S3 account)."""
+    return tuple(k for k in spec.secrets if k in S3_CREDENTIAL_KEYS)
+
+
+def shared_secret_keys(spec: FunctionSpec) -> tuple[str, ...]:
+    """The secret keys whose value every function that reads them shares (tokens)."""
+    return tuple(k for k in spec.secrets if k not in S3_CREDENTIAL_KEYS)
+
+
 def config_keys(spec: FunctionSpec) -> tuple[str, ...]:
     """The ConfigMap keys a function reads: the shared knobs among its settings model's and storage's variables."""
     read = [*variables(StorageSettings), *variables(spec.settings_model())]  # every function has a store
@@ -120,6 +135,14 @@ def image(function: str, registry: str = REGISTRY) -> str:
 def secret_file_name(env_name: str) -> str:
     """OpenFaaS secret name of an env variable: S3_ACCESS_KEY → s3-access-key."""
     return env_name.lower().replace("_", "-")
+
+
+def own_secret_file_name(env_name: str, function: str) -> str:
+    """OpenFaaS secret name of a function's own value: (S3_ACCESS_KEY, train) → s3-access-key-train.
+
+    index.py (template/flts-python) reads it back as S3_ACCESS_KEY in the function it names.
+    """
+    return f"{secret_file_name(env_name)}-{function}"
 
 
 def cold_start_seconds(d: Deployment) -> int:

@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from flts.dev import REPO
+from flts.dev.deploy.accounts import policy_files
 from flts.dev.deploy.cluster import DEFAULTS, GENERATED, RenderOptions
 from flts.dev.deploy.images import dockerfiles, requirements_files
 from flts.dev.deploy.knative import knative_files
@@ -31,7 +32,7 @@ def _yaml(target: str, objects: Iterable[dict] | dict) -> str:
 def _knative(options: RenderOptions) -> dict[str, str]:
     # The images and their requirements go with this target: Knative runs them as they are.
     files = {path: _yaml("knative", objects) for path, objects in knative_files(options).items()}
-    return {**files, **dockerfiles(options.registry), **requirements_files()}
+    return {**files, **dockerfiles(options.registry), **requirements_files(), **policy_files()}
 
 
 def _openfaas(options: RenderOptions) -> dict[str, str]:
@@ -39,6 +40,7 @@ def _openfaas(options: RenderOptions) -> dict[str, str]:
         "stack.yml": _yaml("openfaas", stack(options)),
         "deploy/openfaas/dispatcher.yaml": _yaml("openfaas", dispatcher_objects(options.registry)),
         "deploy/openfaas/dispatcher.Dockerfile": dispatcher_dockerfile(options.registry),
+        **policy_files(),  # both targets' accounts: rendering either keeps them current
     }
 
 

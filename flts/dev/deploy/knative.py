@@ -37,13 +37,16 @@ from flts.dev.deploy.cluster import (
     deployment_env,
     emitters,
     image,
+    own_secret_keys,
+    shared_secret_keys,
 )
 from flts.routing import Deployment
 from flts.spec import FunctionSpec
 
 BROKER = "flts"
 CONFIGMAP = "flts-config"
-SECRET = "flts-credentials"
+SECRET = "flts-credentials"  # the keys functions share (tokens)
+S3_SECRET_PREFIX = "flts-s3-"  # + function: its own S3 account (S3_ACCESS_KEY, S3_SECRET_KEY)
 KAFKA_PARTITIONS = 3
 BACKOFF_DELAY = "PT1S"  # exponential: 1 s, 2 s, 4 s, 8 s, 16 s
 
@@ -82,9 +85,14 @@ def _config_keys() -> list[str]:
     return sorted({k for spec in routing.SPECS for k in config_keys(spec)})
 
 
-def _secret_keys() -> list[str]:
-    """Secret keys some function reads, sorted."""
-    return sorted({k for spec in routing.SPECS for k in spec.secrets})
+def _shared_secret_keys() -> list[str]:
+    """Keys of the shared Secret some function reads, sorted."""
+    return sorted({k for spec in routing.SPECS for k in shared_secret_keys(spec)})
+
+
+def s3_secret_name(function: str) -> str:
+    """The Secret holding one function's own S3 account."""
+    return f"{S3_SECRET_PREFIX}{function}"
 
 
 def starts_chains(d: Deployment) -> bool:
@@ -117,7 +125,9 @@ def _env_list(d: Deployment) -> list[dict]:
     fixed = [{"name": k, "value": v} for k, v in deployment_env(d).items()]
     config = [{"name": k, "valueFrom": {"configMapKeyRef": {"name": CONFIGMAP, "key": k}}}
               for k in sorted(config_keys(d.spec))]
-    secrets = [{"name": k, "valueFrom": {"secretKeyRef": {"name": SECRET, "key": k}}} for k in sorted(d.spec.secrets)]
+    own = own_secret_keys(d.spec)  # its S3 account: a Secret of its own; the tokens: the shared one
+    secret_of = {k: s3_secret_name(d.function) if k in own else SECRET for k in sorted(d.spec.secrets)}
+    secrets = [{"name": k, "valueFrom": {"secretKeyRef": {"name": name, "key": k}}} for k, name in secret_of.items()]
     return fixed + config + secrets
 
 
@@ -180,10 +190,19 @@ def config_map() -> dict:
     return _object(("v1", "ConfigMap"), _meta(CONFIGMAP), data={k: CONFIG[k] for k in _config_keys()})
 
 
-def secret_template() -> dict:
+def _secret(name: str, keys: list[str], labels: dict[str, str] | None = None) -> dict:
     # Keys only: fill them in a copy that is never committed, or `kubectl create secret`.
-    return _object(("v1", "Secret"), _meta(SECRET), type="Opaque",
-                   stringData={k: "" for k in _secret_keys()})
+    return _object(("v1", "Secret"), _meta(name, labels), type="Opaque", stringData={k: "" for k in keys})
+
+
+def secret_template() -> dict:
+    return _secret(SECRET, _shared_secret_keys())
+
+
+def s3_secret_templates() -> list[dict]:
+    """One Secret per function folder (the trainers share theirs: one function, one account)."""
+    return [_secret(s3_secret_name(spec.name), sorted(own_secret_keys(spec)), {"app.kubernetes.io/component": spec.name})
+            for spec in routing.SPECS if own_secret_keys(spec)]
 
 
 # --------------------------------------------------------------------------- eventing
@@ -280,5 +299,5 @@ def knative_files(options: RenderOptions = DEFAULTS) -> dict[str, list[dict]]:
         "deploy/knative/config.yaml": [config_map()],
         "deploy/knative/services.yaml": [knative_service(d, options) for d in routing.DEPLOYMENTS],
         # Not applied with the folder (`kubectl apply -f deploy/knative/` is not recursive).
-        "deploy/knative/templates/secret.yaml": [secret_template()],
+        "deploy/knative/templates/secret.yaml": [secret_template(), *s3_secret_templates()],
     }

@@ -17,6 +17,10 @@ Event authentication (EVENT_TOKEN, flts.auth): on CE every function mounts the s
 outputs to K_SINK carry it; the dispatcher reads the same value from the Kubernetes Secret
 `flts-event-token` (optional: without it the dispatcher neither sends nor requires a token).
 Pro's Kafka connector cannot send a bearer token, so Pro's functions get no event-token.
+
+S3 credentials are each function's own (an account per function, flts/dev/deploy/accounts.py):
+`s3-access-key-<function>` and `s3-secret-key-<function>`, which index.py reads back as
+S3_ACCESS_KEY and S3_SECRET_KEY in that function only.
 """
 from __future__ import annotations
 
@@ -42,7 +46,10 @@ from flts.dev.deploy.cluster import (
     delivery_seconds,
     deployment_env,
     image,
+    own_secret_file_name,
+    own_secret_keys,
     secret_file_name,
+    shared_secret_keys,
 )
 from flts.dev.deploy.images import PYTHON_ENV, SHARED_PACKAGE
 from flts.routing import Deployment
@@ -95,9 +102,11 @@ def _pro_annotations(d: Deployment) -> dict[str, str]:
 
 
 def _secrets(spec: FunctionSpec, edition: Edition) -> list[str]:
+    """OpenFaaS secret names: the function's own S3 account (s3-access-key-<function>), then the shared ones."""
     # CE: the dispatcher delivers with EVENT_TOKEN, so every function can require it. Pro's Kafka
     # connector sends no Authorization header: a function requiring the token would refuse it all.
-    return [*spec.secrets, EVENT_TOKEN_VAR] if edition is Edition.CE else list(spec.secrets)
+    shared = [*shared_secret_keys(spec), EVENT_TOKEN_VAR] if edition is Edition.CE else shared_secret_keys(spec)
+    return [own_secret_file_name(k, spec.name) for k in own_secret_keys(spec)] + [secret_file_name(k) for k in shared]
 
 
 def openfaas_function(d: Deployment, options: RenderOptions = DEFAULTS) -> dict:
@@ -115,7 +124,7 @@ def openfaas_function(d: Deployment, options: RenderOptions = DEFAULTS) -> dict:
         "image": image(d.function, options.registry),
         "build_args": {"FLTS_FUNCTION": spec.name},  # index.py starts the server its spec names
         "environment": environment,
-        "secrets": [secret_file_name(k) for k in _secrets(spec, options.openfaas_edition)],
+        "secrets": _secrets(spec, options.openfaas_edition),
         "labels": _labels(capacity, options.openfaas_edition),
         "requests": {"cpu": capacity.requests["cpu"], "memory": capacity.requests["memory"]},
         "limits": {"cpu": capacity.limits["cpu"], "memory": capacity.limits["memory"]},

@@ -4,8 +4,10 @@ Knative objects are validated against the upstream CRDs' schemas (deploy/schemas
 made strict: a misspelt field is an error, not silently pruned), then against what the
 webhooks check and a schema cannot (autoscaling bounds, probe ports, references between
 objects), then against what no webhook checks but a cluster would get wrong at run time
-(instances per event, delivery timeouts shorter than a cold start plus the request).
-stack.yml is validated against the OpenFaaS stack schema and the rules of its edition.
+(instances per event, delivery timeouts shorter than a cold start plus the request), and
+least privilege (each function reads its S3 credentials from a Secret no other function reads).
+stack.yml is validated against the OpenFaaS stack schema, the rules of its edition, and the
+same least privilege (each function mounts its own S3 secrets).
 
 Knative's own webhook code and a real kube-apiserver check the same objects too
 (flts/dev/deploy/upstream.py); these checks run without them and name the project's rules.
@@ -23,7 +25,7 @@ import yaml
 
 from flts import routing
 from flts.dev import REPO
-from flts.dev.deploy.cluster import PORT, Edition
+from flts.dev.deploy.cluster import PORT, S3_CREDENTIAL_KEYS, Edition, own_secret_file_name, secret_file_name
 from flts.dev.deploy.openfaas import CE_MAX_REPLICAS, SCALE_MAX, SCALE_MIN, SCALE_ZERO
 
 SCHEMA_DIR = REPO / "deploy" / "schemas"
@@ -131,6 +133,20 @@ def stack_schema(path: Path = SCHEMA_DIR / "openfaas" / "stack.schema.json") -> 
 
 def stack_errors(spec: dict, schema: dict | None = None) -> list[str]:
     return _jsonschema_errors("stack.yml", spec, schema or stack_schema())
+
+
+def stack_credential_errors(spec: dict) -> list[str]:
+    """Each function mounts its own S3 account (s3-access-key-<folder>, ...), no shared or other one's."""
+    errors = []
+    prefixes = tuple(secret_file_name(k) for k in S3_CREDENTIAL_KEYS)
+    for name, fn in spec.get("functions", {}).items():
+        function = fn.get("build_args", {}).get("FLTS_FUNCTION", "")  # what index.py maps own secrets by
+        mounted = sorted(s for s in fn.get("secrets", []) if s.startswith(prefixes))
+        own = sorted(own_secret_file_name(k, function) for k in S3_CREDENTIAL_KEYS)
+        if mounted and mounted != own:
+            errors.append(f"stack.yml {name!r}: mounts the S3 secrets {mounted}: a function reads only its own "
+                          f"account's, {own}")
+    return errors
 
 
 # --------------------------------------------------------------------------- OpenFaaS editions
@@ -361,8 +377,47 @@ _SPEC_RULES: dict[str, Callable[[str, dict, Names], list[str]]] = {
 }
 
 
+def _secret_key_refs(service: dict) -> dict[str, tuple[str, str]]:
+    """Env name → (Secret, key) of a Service's secretKeyRef entries."""
+    env = service["spec"]["template"]["spec"]["containers"][0].get("env", [])
+    refs = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in env}
+    return {name: (ref["name"], ref["key"]) for name, ref in refs.items() if ref}
+
+
+def _function_of(service: dict) -> str:
+    labels = service["metadata"].get("labels", {})
+    return labels.get("app.kubernetes.io/component", service["metadata"]["name"])
+
+
+def credential_errors(objects: list[dict]) -> list[str]:
+    """Every secretKeyRef names a key of a Secret (template) of this set, and each function reads
+    its S3 credentials from one Secret of its own: no other function reads that Secret."""
+    secrets = {o["metadata"]["name"]: set(o.get("stringData", {})) for o in objects if o["kind"] == "Secret"}
+    services = [o for o in objects if o["kind"] == "Service"]
+    readers: dict[str, set[str]] = {}  # Secret → the functions reading any key of it
+    for service in services:
+        for secret, _ in _secret_key_refs(service).values():
+            readers.setdefault(secret, set()).add(_function_of(service))
+    errors = []
+    for service in services:
+        where, refs = f"Service {service['metadata']['name']!r}", _secret_key_refs(service)
+        errors += [f"{where}: env {name} reads key {key!r} of Secret {secret!r}, which is not defined"
+                   for name, (secret, key) in refs.items() if key not in secrets.get(secret, ())]
+        accounts = {refs[k][0] if k in refs else None for k in S3_CREDENTIAL_KEYS}
+        if accounts == {None}:
+            continue  # reads no S3 credentials
+        if len(accounts) != 1 or None in accounts:
+            errors.append(f"{where}: {' and '.join(S3_CREDENTIAL_KEYS)} must come from one Secret, not "
+                          f"{sorted(map(str, accounts))}")
+        for secret in accounts - {None}:
+            if readers[secret] != {_function_of(service)}:
+                errors.append(f"{where}: its S3 credentials are in Secret {secret!r}, which functions "
+                              f"{sorted(readers[secret])} read: each function's S3 account needs a Secret of its own")
+    return errors
+
+
 def semantic_errors(objects: list[dict]) -> list[str]:
-    """Webhook rules, references (every ref points at an object of this set) and delivery timeouts."""
+    """Webhook rules, references (every ref points at an object of this set), delivery timeouts and credentials."""
     names = {(o["kind"], o["metadata"]["name"]) for o in objects}
     errors = []
     seen = set()
@@ -376,7 +431,7 @@ def semantic_errors(objects: list[dict]) -> list[str]:
             errors += _service_rules(o)
         elif kind in _SPEC_RULES:
             errors += _SPEC_RULES[kind](where, o.get("spec", {}), names)
-    return errors + delivery_timeout_errors(objects)
+    return errors + delivery_timeout_errors(objects) + credential_errors(objects)
 
 
 def knative_errors(objects: list[dict], schema_dir: Path = KNATIVE_SCHEMA_DIR) -> list[str]:

@@ -38,8 +38,8 @@ GRANTS: dict[str, dict[str, str]] = {
     # uploads go into raw-data; downloads and the status read the outputs
     "gateway": {"raw-data": WRITE, "processed-data": READ, "model-promotion": READ, "inference-logs": READ},
 }
-_BUCKET_ACTIONS = ["s3:ListBucket", "s3:GetBucketLocation"]  # list, HEAD bucket, the SDK's region lookup
-_OBJECT_ACTIONS = {READ: ["s3:GetObject"], WRITE: ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"]}
+BUCKET_ACTIONS = ["s3:ListBucket", "s3:GetBucketLocation"]  # list, HEAD bucket, the SDK's region lookup
+OBJECT_ACTIONS = {READ: ["s3:GetObject"], WRITE: ["s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"]}
 
 
 def _client(cfg: InfraConfig, creds: S3Credentials | None = None):
@@ -147,9 +147,9 @@ def bucket_policies(cfg: InfraConfig) -> dict[str, dict]:
             statements = policies.setdefault(bucket, {"Version": "2012-10-17", "Statement": []})["Statement"]
             statements += [
                 {"Sid": f"{function}-bucket", "Effect": "Allow", "Principal": principal,
-                 "Action": _BUCKET_ACTIONS, "Resource": [f"arn:aws:s3:::{bucket}"]},
+                 "Action": BUCKET_ACTIONS, "Resource": [f"arn:aws:s3:::{bucket}"]},
                 {"Sid": f"{function}-objects-{access}", "Effect": "Allow", "Principal": principal,
-                 "Action": _OBJECT_ACTIONS[access], "Resource": [f"arn:aws:s3:::{bucket}/*"]},
+                 "Action": OBJECT_ACTIONS[access], "Resource": [f"arn:aws:s3:::{bucket}/*"]},
             ]
     return policies
 
