@@ -12,11 +12,6 @@ seconds (SIGKILL → the process healthy again under the supervisor; for an outa
 service's start → healthy), the pipeline's time, promotions, model-selected events,
 duplicates, lost events, dead letters.
 Everything is stopped at the end.
-
-Known: `s3-outage` does not recover yet: a trainer that reads its data while the S3 server is
-down announces FAILED (not a retryable failure), so its model is lost; when every trainer was
-reading, eval has nothing to promote and the fault waits out --timeout. The benchmark then
-exits 1.
 """
 from __future__ import annotations
 

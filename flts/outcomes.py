@@ -10,6 +10,7 @@ retries RETRY and dead-letters DEAD_LETTER).
 | `EventError` (incl. `DataError`), `InvalidKey`: the event is bad | 400 | dead letter |
 | `TooLarge`: the body is over MAX_EVENT_BYTES | 413 | dead letter |
 | `ObjectNotFound`: the object the claim points to is missing | 422 | dead letter |
+| the store is out of reach for now (`flts.storage.is_transient`: refused, timed out, 5xx) | 503 | retry |
 | anything else: an outage, a bug, a bad setting | 500 | retry |
 | `SinkError`: the work is done, the output did not reach K_SINK | 502 | retry |
 
@@ -22,13 +23,14 @@ import enum
 
 from flts.events import EventError
 from flts.logs import error
-from flts.storage import InvalidKey, ObjectNotFound
+from flts.storage import InvalidKey, ObjectNotFound, is_transient
 
 BAD_EVENT = 400
 TOO_LARGE = 413
 MISSING_OBJECT = 422
 FAILED = 500
 SINK_FAILED = 502
+STORE_UNAVAILABLE = 503
 RETRYABLE_CLIENT_ERRORS = frozenset({408, 409, 429})  # timeout, conflict, too many requests
 
 
@@ -46,7 +48,7 @@ class SinkError(RuntimeError):
     """K_SINK did not take an output event (the caller redelivers; handlers are idempotent)."""
 
 
-# First match wins; an exception not listed is unexpected (FAILED).
+# First match wins; then a store out of reach (STORE_UNAVAILABLE); anything else is unexpected (FAILED).
 _STATUS_OF_EXCEPTION: tuple[tuple[type[BaseException], int], ...] = (
     (EventError, BAD_EVENT),
     (InvalidKey, BAD_EVENT),
@@ -56,7 +58,7 @@ _STATUS_OF_EXCEPTION: tuple[tuple[type[BaseException], int], ...] = (
 )
 
 # The log event that names a failure; any other status is the event's own fault.
-_LOG_EVENT_OF_STATUS = {FAILED: "event_failed", SINK_FAILED: "sink_failed"}
+_LOG_EVENT_OF_STATUS = {FAILED: "event_failed", SINK_FAILED: "sink_failed", STORE_UNAVAILABLE: "store_unavailable"}
 
 
 def retryable(status: int) -> bool:
@@ -73,7 +75,7 @@ def status_of_exception(exc: BaseException) -> int:
     for kind, status in _STATUS_OF_EXCEPTION:
         if isinstance(exc, kind):
             return status
-    return FAILED
+    return STORE_UNAVAILABLE if is_transient(exc) else FAILED
 
 
 def outcome_of_exception(exc: BaseException) -> Outcome:
@@ -82,7 +84,7 @@ def outcome_of_exception(exc: BaseException) -> Outcome:
 
 def error_text(exc: BaseException) -> str:
     """The error for the caller: a known failure names its problem; an unexpected one also its type."""
-    if status_of_exception(exc) == FAILED:
+    if status_of_exception(exc) in (FAILED, STORE_UNAVAILABLE):
         return f"{type(exc).__name__}: {exc}"
     return str(exc)
 

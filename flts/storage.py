@@ -5,7 +5,9 @@
 - `FileStore`: a folder per bucket on the local filesystem, the embedded default.
 
 Keys are validated the same way for both, and a missing object raises ObjectNotFound
-(never returns None), so a bad claim check fails loudly and names the object.
+(never returns None), so a bad claim check fails loudly and names the object. A store that
+is out of reach for now (refused, unreachable, timed out, 5xx) is told apart from both by
+`is_transient`: the one rule of which storage failures are worth trying again.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import io
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +44,61 @@ class ObjectNotFound(StorageError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return self.args[0]
+
+
+# Transport failures of the clients that reach a store: the minio SDK and MLflow's HTTP client (urllib3,
+# requests), boto3 (MLflow's s3:// artifacts). Named, not imported: a module that is not loaded
+# raised nothing, and the light processes (infer) never import boto3.
+_TRANSIENT_TYPES = {
+    "urllib3.exceptions": ("MaxRetryError", "TimeoutError", "ProtocolError", "NewConnectionError"),
+    "requests.exceptions": ("ConnectionError", "Timeout", "RetryError"),
+    "botocore.exceptions": ("ConnectionError", "HTTPClientError"),  # refused, unreachable, closed, timed out
+}
+# S3 error codes that mean "try later" (answered with a 5xx, or a request the server gave up waiting for).
+_TRANSIENT_S3_CODES = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure is the store (an S3 server, or MLflow in front of one) being out of reach
+    for now: refused, unreachable, timed out or answering 5xx. Such an event is tried again later;
+    a missing object, a bad key or a malformed file is not transient.
+
+    Follows the chain of causes (also a context suppressed by `raise ... from None`): a wrapper
+    raised while the store was out of reach is that outage.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, (InvalidKey, ObjectNotFound)):  # a verdict on the object itself
+            return False
+        if _unavailable(current):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _unavailable(exc: BaseException) -> bool:
+    for module_name, names in _TRANSIENT_TYPES.items():
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(exc, tuple(getattr(module, name) for name in names)):
+            return True
+    status, code = _store_answer(exc)
+    return status >= 500 or code in _TRANSIENT_S3_CODES
+
+
+def _store_answer(exc: BaseException) -> tuple[int, str | None]:
+    """(HTTP status, S3 error code) of a store's error answer; (0, None) for anything else."""
+    module = type(exc).__module__
+    response = getattr(exc, "response", None)
+    if module.startswith("botocore") and isinstance(response, dict):  # ClientError: the parsed answer
+        return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0), response.get("Error", {}).get("Code")
+    if module.startswith("minio"):
+        status = (getattr(exc, "status_code", None)  # ServerError
+                  or getattr(response, "status", None)  # S3Error
+                  or getattr(exc, "_code", None))  # InvalidResponseError: a non-XML answer (a proxy's 502 page)
+        return int(status or 0), getattr(exc, "code", None)
+    return 0, None
 
 
 def validate_bucket(bucket: str) -> str:

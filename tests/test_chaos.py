@@ -4,11 +4,8 @@
   again; one whose trainer still runs is waited for (a local MLflow, no services).
 - On the real local stack (`stack` mark): the whole pipeline while a function process is
   killed with SIGKILL mid-pipeline, while the dispatcher is, while Kafka restarts, and while
-  MLflow or PostgreSQL (MLflow's backend) is down for 20 s; each must end with no human action
-  in exactly one promotion, one `model-selected`, nothing lost and no dead letter.
-  (chaos.FAULTS' `s3-outage` is not here: a trainer that reads its data while the S3 server
-  is down announces FAILED instead of failing retryably, so the pipeline does not heal; see
-  benchmarks/chaos.py.)
+  the S3 server, MLflow or PostgreSQL (MLflow's backend) is down for 20 s; each must end with no
+  human action in exactly one promotion, one `model-selected`, nothing lost and no dead letter.
 """
 from __future__ import annotations
 
@@ -99,8 +96,8 @@ def elborn_slice(lte_dir, tmp_path_factory):
 
 
 @pytest.mark.stack
-@pytest.mark.parametrize("fault", ["kill-trainer", "kill-dispatcher", "restart-kafka", "mlflow-outage",
-                                   "postgres-outage"])
+@pytest.mark.parametrize("fault", ["kill-trainer", "kill-dispatcher", "restart-kafka", "s3-outage",
+                                   "mlflow-outage", "postgres-outage"])
 def test_the_pipeline_heals_itself(chaos_stack, elborn_slice, fault):
     from flts.dev import chaos, stack
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import flask
 import httpx
 import pytest
+import urllib3.exceptions
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
@@ -43,6 +44,9 @@ EXCEPTIONS = [
     (KeyError("not an ObjectNotFound"), 500),
     (OSError("the disk is full"), 500),
     (SinkError("cannot deliver the output to K_SINK"), 502),
+    # the S3 server is down: minio's urllib3 gave up (flts.storage.is_transient says which failures)
+    (urllib3.exceptions.MaxRetryError(None, "/raw-data/site/site.csv",
+                                      urllib3.exceptions.NewConnectionError(None, "Connection refused")), 503),
 ]
 IDS = [type(exc).__name__ for exc, _ in EXCEPTIONS]
 

@@ -12,6 +12,7 @@ from flts.storage import (
     S3Store,
     StorageError,
     get_json,
+    is_transient,
     put_json,
     store_from_env,
     validate_bucket,
@@ -190,6 +191,105 @@ def test_store_from_env_uses_s3_when_an_endpoint_is_set():
     assert isinstance(store, S3Store) and store.endpoint == "127.0.0.1:9000"
     with pytest.raises(InvalidKey):  # keys are validated before any request
         store.put_bytes("raw-data", "../x", b"")
+
+
+# ---------------------------------------------------------------- a store out of reach, or a bad object
+
+def _s3_error(status: int, code: str):
+    import urllib3
+    from minio.error import S3Error
+
+    return S3Error(urllib3.HTTPResponse(status=status), code, "msg", "/b/k", "req", "host")
+
+
+def _client_error(status: int, code: str):
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+
+def _refused():
+    from urllib3.exceptions import MaxRetryError, NewConnectionError
+
+    return MaxRetryError(None, "/processed-data/k", NewConnectionError(None, "[Errno 111] Connection refused"))
+
+
+def _raised_while(outage: BaseException, wrapper: BaseException) -> BaseException:
+    """`wrapper` raised `from None` while handling `outage`, as our stores and loaders translate errors."""
+    try:
+        try:
+            raise outage
+        except BaseException:
+            raise wrapper from None
+    except BaseException as exc:
+        return exc
+
+
+def _transient_cases():
+    import botocore.exceptions as boto
+    import requests
+    from minio.error import ServerError
+    from urllib3.exceptions import ProtocolError, ReadTimeoutError
+
+    return {
+        "minio refused (urllib3 gave up)": _refused(),
+        "urllib3 read timeout": ReadTimeoutError(None, "/b/k", "read timed out"),
+        "connection reset": ProtocolError("Connection aborted.", ConnectionResetError(104, "reset")),
+        "minio 503": _s3_error(503, "ServiceUnavailable"),
+        "minio SlowDown": _s3_error(503, "SlowDown"),
+        "minio 500 non-XML": ServerError("bad gateway", 502),
+        "botocore endpoint unreachable": boto.EndpointConnectionError(endpoint_url="http://s3:9000"),
+        "botocore connect timeout": boto.ConnectTimeoutError(endpoint_url="http://s3:9000"),
+        "botocore read timeout": boto.ReadTimeoutError(endpoint_url="http://s3:9000"),
+        "botocore connection closed": boto.ConnectionClosedError(endpoint_url="http://s3:9000"),
+        "botocore 500": _client_error(500, "InternalError"),
+        "botocore 503 SlowDown": _client_error(503, "SlowDown"),
+        "MLflow server unreachable (requests)": requests.exceptions.ConnectionError("refused"),
+        "wrapped by our StorageError": _raised_while(_s3_error(500, "InternalError"), StorageError("cannot read")),
+        "wrapped from None by a loader": _raised_while(_refused(), ValueError("run abc: no GRU/signature.json")),
+    }
+
+
+def _permanent_cases():
+    return {
+        "missing object": ObjectNotFound("processed-data", "x/train.parquet"),
+        "missing object, from an S3 404": _raised_while(_s3_error(404, "NoSuchKey"),
+                                                        ObjectNotFound("processed-data", "x/train.parquet")),
+        "bad key": InvalidKey("object key '../x' contains a '.' or '..' path segment"),
+        "access denied": _s3_error(403, "AccessDenied"),
+        "botocore 404": _client_error(404, "NoSuchKey"),
+        "malformed CSV": ValueError("Error tokenizing data. C error: Expected 3 fields in line 4, saw 5"),
+        "not JSON": StorageError("processed-data/x.meta.json is not valid JSON"),
+        "a bug": TypeError("unsupported operand"),
+        "a local disk error": OSError(28, "No space left on device"),
+        "a bad object read while the store was down": _raised_while(_refused(),
+                                                                    ObjectNotFound("processed-data", "k")),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_transient_cases()))
+def test_a_store_out_of_reach_is_transient(case):
+    assert is_transient(_transient_cases()[case])
+
+
+@pytest.mark.parametrize("case", sorted(_permanent_cases()))
+def test_a_bad_object_or_a_bug_is_not_transient(case):
+    assert not is_transient(_permanent_cases()[case])
+
+
+def test_a_real_refused_s3_server_is_transient_and_a_missing_file_is_not(tmp_path):
+    import urllib3
+
+    from flts.dev.testing import free_port
+
+    store = S3Store(f"127.0.0.1:{free_port()}", "k", "s")
+    store.client._http = urllib3.PoolManager(retries=urllib3.Retry(total=0))  # give up at once, as minio does after 5
+    with pytest.raises(Exception) as refused:
+        store.get_bytes("processed-data", "x/train.parquet")
+    assert is_transient(refused.value), repr(refused.value)
+    with pytest.raises(ObjectNotFound) as missing:
+        FileStore(tmp_path).get_bytes("processed-data", "x/train.parquet")
+    assert not is_transient(missing.value)
 
 
 # ---------------------------------------------------------------- promotion pointer layout

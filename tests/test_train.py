@@ -318,6 +318,34 @@ def test_bad_data_is_a_failed_run_eval_can_settle_on(env, lte_dir):
     assert run.info.status == "FAILED" and "lacks column(s) ['up']" in run.data.tags["error"]
 
 
+def test_a_store_out_of_reach_is_retried_not_failed(env, lte_dir, monkeypatch):
+    """S3 down while the trainer reads: no FAILED event (it would settle the type for eval); the
+    exception escapes (the HTTP entry answers 503, the dispatcher retries) and the run is KILLED,
+    which settles nothing; the retry, once the store is back, trains and succeeds."""
+    from urllib3.exceptions import MaxRetryError, NewConnectionError
+
+    from flts.outcomes import STORE_UNAVAILABLE, status_of_exception
+    from flts.train import handler as train_handler
+
+    class DownStore(FileStore):
+        def get_bytes(self, bucket, key):
+            raise MaxRetryError(None, f"/{bucket}/{key}", NewConnectionError(None, "Connection refused"))
+
+    event = claim_event(env, *lte_frames(lte_dir))
+    monkeypatch.setattr(train_handler, "store_from_env", lambda e: DownStore(e["FLTS_OBJECT_DIR"]))
+    out = handle(event, env)
+    assert next(out).data["status"] == "RUNNING"
+    with pytest.raises(MaxRetryError) as raised:
+        next(out)
+    assert status_of_exception(raised.value) == STORE_UNAVAILABLE
+    client = mlflow_client(env)
+    [killed] = client.search_runs([client.get_experiment_by_name(env["MLFLOW_EXPERIMENT_NAME"]).experiment_id])
+    assert killed.info.status == "KILLED" and "out of reach" in killed.data.tags["error"]
+
+    monkeypatch.undo()  # the store is back: the redelivery trains again
+    assert succeeded(handle(event, env))["run_id"] != killed.info.run_id
+
+
 def test_too_few_rows_for_validation(env, lte_dir):
     train, test = lte_frames(lte_dir, train_rows=14, test_rows=30)
     error = failed(handle(claim_event(env, train, test), {**env, "VAL_FRACTION": "0.5"}))

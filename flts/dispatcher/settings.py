@@ -11,7 +11,8 @@ class DispatchSettings(Settings):
     targets: str = knob("DISPATCH_TARGETS", "",
                         "deployment=url,... to deliver to; names must be in the routing table; empty = ingress only")
     max_retries: int = knob("DISPATCH_MAX_RETRIES", 5, "retries after the first attempt, then the dead-letter topic", ge=0)
-    backoff_base: float = knob("DISPATCH_BACKOFF_BASE_SEC", 0.5, "first retry's wait; doubles per retry", ge=0)
+    # 1, 2, 4, 8, 16 s: the default retries wait 31 s in all, past a 20 s outage of S3 or MLflow (Knative's PT1S too)
+    backoff_base: float = knob("DISPATCH_BACKOFF_BASE_SEC", 1.0, "first retry's wait; doubles per retry", ge=0)
     backoff_max: float = knob("DISPATCH_BACKOFF_MAX_SEC", 30.0, "longest backoff wait", ge=0)
     retry_after_max: float = knob("DISPATCH_RETRY_AFTER_MAX_SEC", 60.0, "cap on an honoured Retry-After", ge=0)
     timeout: float = knob("DISPATCH_TIMEOUT_SEC", 900.0,

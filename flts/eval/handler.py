@@ -36,7 +36,7 @@ from flts.metrics import WEIGHTS, TargetScale, regression_metrics, window_half_w
 from flts.plots import PLOT_FILE, save_forecast_plot
 from flts.promotion import current_key, history_key
 from flts.settings import Env
-from flts.storage import ObjectNotFound, ObjectStore, get_json, put_json, store_from_env
+from flts.storage import ObjectNotFound, ObjectStore, get_json, is_transient, put_json, store_from_env
 
 FUNCTION = "eval"
 CHAMPION_ALIAS = "champion"
@@ -197,13 +197,15 @@ def load_split(store: ObjectStore, request: ModelTraining, settings: EvalSetting
 def score_candidates(client, candidates: list[Candidate], split: scoring.Split,
                      workdir: Path) -> tuple[list[Scored], scoring.ScoringFrame | None]:
     """Score every candidate on the same windows of one scoring frame (returned beside them);
-    a run that cannot be scored is left out."""
+    a run that cannot be scored is left out (not for a store out of reach: that escapes, the event is retried)."""
     loaded = []
     for cand in candidates:
         try:
             artifact = scoring.download_serving_artifact(client, cand.run_id, cand.model_type, workdir / cand.run_id)
             loaded.append((cand, artifact, scoring.load_forecaster(artifact)))
         except scoring.ArtifactError as exc:
+            if is_transient(exc):  # the store is out of reach, the run is fine: retry the event, exclude nothing
+                raise
             error("promotion_run_excluded", run_id=cand.run_id, model_type=cand.model_type, error=str(exc))
     if not loaded:
         return [], None

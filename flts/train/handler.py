@@ -6,6 +6,9 @@ One deployment per MODEL_TYPE (a family of flts.forecasters) runs this same hand
    one, re-announces it instead of training (durable dedup, SKIP_DUPLICATE_CONFIGS);
 3. trains, scores the served artifact on the test windows with flts.metrics, logs params,
    metrics and artifacts, closes the run and only then announces SUCCESS.
+A store out of reach (flts.storage.is_transient: S3 or MLflow refused, timed out, 5xx) is no
+verdict on the model: the run is marked KILLED, not FAILED, and the exception escapes, so the
+caller's retry (HTTP 503) trains again once the store is back.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from flts.events import DataClaim, EventError, ModelTraining
 from flts.logs import error, log
 from flts.metrics import TargetScale, conformal_intervals, regression_metrics
 from flts.settings import Env
-from flts.storage import store_from_env
+from flts.storage import is_transient, store_from_env
 from flts.train import artifacts, data, tracking
 from flts.train.errors import TrainError
 from flts.train.settings import TrainSettings
@@ -64,7 +67,9 @@ def handle(event, env: Env) -> Iterator:
         object_key=claim.object_key, experiment=job.experiment)
     try:
         outcome = train(job, env)
-    except Exception as exc:  # noqa: BLE001 - every failure is announced, none escapes
+    except Exception as exc:  # noqa: BLE001 - every failure is announced, except a store out of reach
+        if is_transient(exc):
+            raise  # nothing is settled: the event is delivered again
         outcome = Outcome(None, {}, error=_failure(job, exc))
     if outcome.error:  # with the run id when MLflow recorded the run: eval then promotes among the rest
         yield _event(job, "FAILED", run_id=outcome.run_id, error=outcome.error)
@@ -114,13 +119,17 @@ def train(job: Job, env: Env) -> Outcome:
     try:
         metrics = _train_run(job, env, client, run_id)
     except Exception as exc:  # noqa: BLE001 - recorded as FAILED, announced by the handler
+        if is_transient(exc):  # KILLED settles nothing (eval waits, dedup skips it): the retry trains anew
+            tracking.finish(client, run_id, "KILLED", error=f"the store was out of reach, the event comes again: "
+                                                           f"{type(exc).__name__}: {exc}")
+            raise
         message = _failure(job, exc)
-        tracking.finish(client, run_id, ok=False, error=message)
+        tracking.finish(client, run_id, "FAILED", error=message)
         return Outcome(run_id, {}, error=message)
     except BaseException as exc:  # interrupted: close the run, let the interruption go on
-        tracking.finish(client, run_id, ok=False, error=f"{type(exc).__name__}: {exc}")
+        tracking.finish(client, run_id, "FAILED", error=f"{type(exc).__name__}: {exc}")
         raise
-    tracking.finish(client, run_id, ok=True)
+    tracking.finish(client, run_id, "FINISHED")
     print(f"{settings.model_type} {claim.identifier}: test nrmse {metrics['nrmse']:.4f}, rmse {metrics['rmse']:.4f}, "
           f"train {metrics['train_seconds']:.1f}s (run {run_id})", flush=True)
     return Outcome(run_id, metrics)

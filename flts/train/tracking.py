@@ -87,12 +87,13 @@ def log_metrics(mlflow_client, run_id: str, metrics: dict[str, float], series: d
         mlflow_client.log_batch(run_id, metrics=entries[start:start + 900])
 
 
-def finish(mlflow_client, run_id: str, ok: bool, error: str | None = None) -> None:
+def finish(mlflow_client, run_id: str, status: str, error: str | None = None) -> None:
+    """End the run as FINISHED, FAILED (settles its type for eval) or KILLED (settles nothing)."""
     try:
         if error:
             mlflow_client.set_tag(run_id, "error", error[:5000])
-        mlflow_client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
-    except Exception as exc:  # noqa: BLE001 - the FAILED event must still go out
+        mlflow_client.set_terminated(run_id, status)
+    except Exception as exc:  # noqa: BLE001 - the FAILED event (or the retry) must still go out
         log("train_run_close_failed", level="warning", run_id=run_id, error=f"{type(exc).__name__}: {exc}")
 
 
