@@ -90,7 +90,17 @@ class Session:
         self._lock = threading.Lock()
         self._marks: dict = {}  # TopicPartition -> Watermark
         self._moved: dict = {}  # TopicPartition -> offset to commit, not committed yet
+        self._unpinned: set = set()  # assigned, start not yet checked (Consumer._pin_starts)
         self.closed = False
+
+    def assigned(self, tps) -> None:
+        with self._lock:
+            self._unpinned.update(tps)
+
+    def take_unpinned(self) -> set:
+        with self._lock:
+            unpinned, self._unpinned = self._unpinned, set()
+            return unpinned
 
     def fetched(self, tp, offset: int) -> Watermark | None:
         """Track a fetched record; None if it is tracked already (fetched twice: skipped)."""
@@ -228,6 +238,7 @@ class ConsumerLoop(threading.Thread):
             error("dispatch_poll_failed", deployment=self.sub.deployment, error=self.stats.last_error)
             self.stop.wait(1.0)
             return
+        self._pin_starts(consumer, session, batch)
         self.stats.assigned = sorted(f"{tp.topic}/{tp.partition}" for tp in consumer.assignment())
         for tp, records in batch.items():
             for record in records:
@@ -266,7 +277,7 @@ class ConsumerLoop(threading.Thread):
             warn("dispatch_commit_failed", deployment=self.sub.deployment, error=self.stats.last_error)
 
     def _final_commit(self, consumer, session: Session, tps=None) -> None:
-        """Before a stop or a revocation, commit the watermark (fewer redeliveries)."""
+        """Before a stop, commit the watermark (fewer redeliveries); on the loop thread, so it may block."""
         from kafka import OffsetAndMetadata
 
         try:
@@ -275,6 +286,27 @@ class ConsumerLoop(threading.Thread):
             if offsets:
                 consumer.commit(offsets)
         except Exception as exc:  # noqa: BLE001 - they will be redelivered: allowed
+            warn("dispatch_commit_failed", deployment=self.sub.deployment, error=f"{type(exc).__name__}: {exc}")
+
+    def _pin_starts(self, consumer, session: Session, batch: dict) -> None:
+        """Commit where a newly assigned partition that the group never committed starts
+        (DISPATCH_OFFSET_RESET), at once: else a dispatcher killed before its first commit there
+        resets again on restart, and `latest` skips what was written meanwhile (e.g. a trainer's
+        event, fetched but not yet settled). On the loop thread: kafka-python's rebalance
+        callbacks run on its IO thread, where a blocking call fails."""
+        assigned = session.take_unpinned()
+        if not assigned:
+            return
+        from kafka import OffsetAndMetadata
+
+        try:
+            fresh = [tp for tp in assigned if consumer.committed(tp) is None]
+            # the first record this poll fetched there, else where the next fetch starts
+            starts = {tp: batch[tp][0].offset if batch.get(tp) else consumer.position(tp) for tp in fresh}
+            if starts:
+                consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in starts.items()})
+        except Exception as exc:  # noqa: BLE001 - then try again after the next poll
+            session.assigned(assigned)
             warn("dispatch_commit_failed", deployment=self.sub.deployment, error=f"{type(exc).__name__}: {exc}")
 
     # ----------------------------------------------------------------- the workers: one record each
@@ -368,10 +400,12 @@ def _rebalance_listener(loop: ConsumerLoop, consumer, session: Session):
 
     class Listener(ConsumerRebalanceListener):
         def on_partitions_revoked(self, revoked):
-            loop._final_commit(consumer, session, set(revoked))
+            # asynchronous: this runs on kafka-python's IO thread, where a blocking commit fails
+            loop._commit(consumer, session.committable(set(revoked)))
             session.drop(revoked)
 
         def on_partitions_assigned(self, assigned):
+            session.assigned(assigned)  # their start is pinned from the loop thread (_pin_starts)
             loop.stats.assigned = sorted(f"{tp.topic}/{tp.partition}" for tp in assigned)
             loop.stats.joined = True
 
