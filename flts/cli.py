@@ -33,6 +33,18 @@ def _demo(args) -> int:
     return run_demo(dataset=args.dataset, workdir=Path(args.workdir), fresh=args.fresh, stages=args.until)
 
 
+def _fail(message: str) -> int:
+    """A CLI input or environment error: one line on stderr, exit status 1."""
+    print(f"error: {message}", file=sys.stderr)
+    return 1
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return int(text)
+
+
 def _history_rows(base: str, timeout: float) -> int:
     """How many rows the served model needs (GET /readyz: model.history_rows; this wakes a scaled-to-zero infer)."""
     import urllib.request
@@ -42,13 +54,14 @@ def _history_rows(base: str, timeout: float) -> int:
     with urllib.request.urlopen(base + "/readyz", timeout=timeout) as response:
         ready = orjson.loads(response.read())
     if ready.get("model") is None:
-        raise SystemExit(f"{base} serves no model yet: {ready.get('reason', 'nothing promoted')}")
+        raise SystemExit(f"error: {base} serves no model yet: {ready.get('reason', 'nothing promoted')}")
     return int(ready["model"]["history_rows"])
 
 
 def _predict(args) -> int:
     """POST the last rows of a CSV to a running infer and print the forecast."""
     import urllib.error
+    import urllib.parse
     import urllib.request
 
     import orjson
@@ -56,10 +69,14 @@ def _predict(args) -> int:
     from flts.auth import bearer_header
     from flts.dev.forecast import last_rows, request_body
 
+    if not Path(args.csv).is_file():
+        return _fail(f"no such file: {args.csv}")
     if args.url is None:
         from flts.dev.stack import StackConfig, deployment_url
 
         args.url = deployment_url(StackConfig(), "infer")
+    if urllib.parse.urlsplit(args.url).scheme not in ("http", "https"):
+        return _fail(f"--url must be an http:// or https:// URL, got {args.url!r}")
     base = args.url.rstrip("/")
     try:
         rows = args.rows or _history_rows(base, args.timeout)
@@ -69,11 +86,9 @@ def _predict(args) -> int:
         with urllib.request.urlopen(request, timeout=args.timeout) as response:
             answer = orjson.loads(response.read())
     except urllib.error.HTTPError as exc:  # a 4xx/5xx carries the reason in its JSON body
-        print(f"{args.url} answered {exc.code}: {exc.read().decode(errors='replace')}", file=sys.stderr)
-        return 1
+        return _fail(f"{args.url} answered {exc.code}: {exc.read().decode(errors='replace')}")
     except OSError as exc:
-        print(f"cannot reach {args.url}: {exc} (is the stack up? `flts status`)", file=sys.stderr)
-        return 1
+        return _fail(f"cannot reach {args.url}: {exc} (is the stack up? `flts status`)")
     print(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
     _print_status_url(answer.get("identifier"))
     return 0
@@ -116,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "sends $PREDICT_API_KEY as a bearer token when set)")
     predict.add_argument("csv", help="a CSV with the timestamp and the model's feature columns")
     predict.add_argument("--url", default=None, help="infer's base URL (default: the local stack's infer)")
-    predict.add_argument("--rows", type=int, default=None,
+    predict.add_argument("--rows", type=_positive_int, default=None,
                          help="how many of the last rows to send (default: the model's history_rows from /readyz)")
     predict.add_argument("--timestamp-column", default="time")
     predict.add_argument("--timeout", type=float, default=30.0, help="seconds (a cold start from zero included)")
@@ -161,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         configure(_logging_env(args))
     except ConfigError as exc:  # a bad LOG_LEVEL or LOG_FORMAT: a usage error, not a traceback
         parser.error(str(exc))
-    return args.func(args)
+    try:
+        return args.func(args)
+    except OSError as exc:  # a path that cannot be read or written: the user's to fix, one line
+        return _fail(str(exc))
 
 
 if __name__ == "__main__":

@@ -45,3 +45,47 @@ def test_every_subcommand_is_listed(capsys):
     listed = capsys.readouterr().out
     for command in ("demo", "up", "down", "status", "upload", "predict", "bench", "deploy", "schemas"):
         assert command in listed
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["predict", "{missing}"], "error: no such file: "),
+    (["predict", "{csv}", "--url", "notaurl"], "error: --url must be an http:// or https:// URL, got 'notaurl'"),
+    (["upload", "{missing}"], "error: no such file: "),
+    (["upload", "{csv}", "--identifier", "../x"], "error: invalid identifier '../x'"),
+    (["schemas", "--out", "{csv}/inside-a-file"], "error: [Errno 20] Not a directory"),
+])
+def test_input_errors_are_one_line_before_anything_connects(argv, message, tmp_path, monkeypatch, capsys):
+    """No traceback, no waiting on a stack that is not up: the input is checked first."""
+    csv = tmp_path / "s.csv"
+    csv.write_text("time,down\n2018-01-01 00:00:00,1\n")
+    monkeypatch.setenv("FLTS_STATE", str(tmp_path / "no-stack"))
+    argv = [a.format(missing=tmp_path / "missing.csv", csv=csv) for a in argv]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_predict_names_a_bad_cell_and_a_missing_timestamp_column(tmp_path):
+    from flts.dev.forecast import request_body
+
+    rows = [{"time": "2018-01-01 00:00:00", "down": "1"}, {"time": "2018-01-01 00:02:00", "down": "n/a"}]
+    with pytest.raises(SystemExit, match=r"column 'down', row 2 of those sent: 'n/a' is not a number"):
+        request_body(rows, "time")
+    with pytest.raises(SystemExit, match=r"no column 'ts' \(--timestamp-column\)"):
+        request_body(rows, "ts")
+
+
+def test_rows_must_be_positive(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["predict", "x.csv", "--rows", "-3"])
+    assert "must be a positive whole number, got '-3'" in capsys.readouterr().err
+
+
+def test_a_flag_out_of_range_is_one_line(capsys):
+    assert cli.main(["deploy", "render", "--kafka-replication", "0", "--check"]) == 2
+    assert capsys.readouterr().err == "error: --kafka-replication must be at least 1, got 0\n"
+
+
+def test_an_unknown_demo_dataset_lists_every_data_folder(tmp_path):
+    with pytest.raises(SystemExit, match=r"no dataset 'nosuch' in .*bike.*lte \(known: \['Bike', 'ElBorn', 'PobleSec'\]\)"):
+        cli.main(["demo", "--dataset", "nosuch", "--workdir", str(tmp_path)])

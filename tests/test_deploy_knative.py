@@ -241,7 +241,7 @@ def test_kafka_sinks_replicate_their_topics_as_rendered(replication):
 
 def test_the_committed_kafka_sinks_are_durable_and_a_zero_replication_is_refused(objects):
     assert {s["spec"]["replicationFactor"] for s in by_kind(objects, "KafkaSink").values()} == {3}
-    with pytest.raises(ValueError, match="kafka_replication must be >= 1"):
+    with pytest.raises(ValueError, match="--kafka-replication must be at least 1"):
         deploy.RenderOptions(kafka_replication=0)
 
 

@@ -52,8 +52,9 @@ def upload_dataset(store: FileStore, dataset: str, data_dir: Path | None = None)
     data_dir = data_dir or dataset_dir(dataset)
     train, test = data_dir / f"{dataset}.csv", data_dir / f"{dataset}_test.csv"
     if not train.is_file():
-        known = sorted(p.stem for p in data_dir.glob("*.csv") if not p.stem.endswith("_test"))
-        raise SystemExit(f"no dataset {dataset!r} in {data_dir} (known: {known})")
+        where = [data_dir] if data_dir != dataset_dir(dataset) else sorted(DATA_DIR.parent.iterdir())
+        known = sorted(p.stem for d in where for p in d.glob("*.csv") if not p.stem.endswith("_test"))
+        raise SystemExit(f"error: no dataset {dataset!r} in {', '.join(map(str, where))} (known: {known})")
     store.ensure_bucket(RAW_BUCKET)
     store.put_bytes(RAW_BUCKET, f"{dataset}/{train.name}", train.read_bytes(), "text/csv")
     test_key = None

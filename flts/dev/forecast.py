@@ -17,27 +17,40 @@ from flts.storage import ObjectStore
 
 
 def last_rows(path: Path, count: int) -> list[dict[str, str]]:
-    with path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    """The last `count` rows of a CSV; SystemExit with a one-line reason when it has fewer."""
+    try:
+        with path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SystemExit(f"error: cannot read {path}: {exc}") from None
     if len(rows) < count:
-        raise SystemExit(f"{path} has {len(rows)} rows; the forecast needs {count}")
+        raise SystemExit(f"error: {path} has {len(rows)} rows; the forecast needs {count}")
     return rows[-count:]
 
 
 def request_body(rows: list[dict[str, str]], timestamp_column: str) -> dict:
     """Columns as /predict takes them. Empty cells carry the previous value forward
-    (the server refuses missing values rather than guessing)."""
+    (the server refuses missing values rather than guessing); SystemExit names a bad cell."""
+    if timestamp_column not in rows[0]:
+        raise SystemExit(f"error: the CSV has no column {timestamp_column!r} (--timestamp-column); "
+                         f"it has {list(rows[0])}")
     data: dict[str, list] = {timestamp_column: [r[timestamp_column] for r in rows]}
     for column in rows[0]:
-        if column == timestamp_column:
-            continue
-        values, previous = [], 0.0
-        for row in rows:
-            cell = row[column].strip()
-            previous = float(cell) if cell else previous
-            values.append(previous)
-        data[column] = values
+        if column != timestamp_column:
+            data[column] = _numbers(rows, column)
     return {"data": data, "index_col": timestamp_column}
+
+
+def _numbers(rows: list[dict[str, str]], column: str) -> list[float]:
+    values, previous = [], 0.0
+    for i, row in enumerate(rows):
+        cell = (row[column] or "").strip()
+        try:
+            previous = float(cell) if cell else previous
+        except ValueError:
+            raise SystemExit(f"error: column {column!r}, row {i + 1} of those sent: {cell!r} is not a number") from None
+        values.append(previous)
+    return values
 
 
 def serve_one_forecast(env: Env, store: ObjectStore, dataset: str, test_csv: Path) -> dict:

@@ -18,6 +18,7 @@ functions/<name>/main.py, or, for a request server (infer), the scale-to-zero fr
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -570,23 +571,11 @@ def upload(cfg: StackConfig | None, csv: Path, test_csv: Path | None = None, ide
     """
     from flts import events
     from flts.dispatcher import publish
-    from flts.preprocess.settings import PreprocessSettings
-    from flts.storage import InvalidKey, StorageError, store_from_env, validate_key
+    from flts.storage import StorageError, store_from_env
 
     cfg = cfg or StackConfig()
     env = infra.client_env(cfg.infra)
-    limit = PreprocessSettings.from_env(os.environ).max_bytes  # what preprocess will accept
-    for path in filter(None, (csv, test_csv)):
-        if not Path(path).is_file():
-            raise StackError(f"no such file: {path}")
-        if Path(path).stat().st_size > limit:
-            raise StackError(f"{path}: {Path(path).stat().st_size} bytes is over the limit of {limit} "
-                             f"(MAX_UPLOAD_BYTES); preprocess would refuse it")
-    identifier = identifier or Path(csv).stem
-    try:
-        keys = {path: validate_key(f"{identifier}/{Path(path).name}") for path in filter(None, (csv, test_csv))}
-    except InvalidKey as exc:
-        raise StackError(f"invalid identifier {identifier!r}: {exc}") from None
+    identifier, keys = upload_keys(csv, test_csv, identifier)
     store = store_from_env(env)
     try:
         store.ensure_bucket(RAW_BUCKET)
@@ -599,6 +588,27 @@ def upload(cfg: StackConfig | None, csv: Path, test_csv: Path | None = None, ide
     event = events.make_event(events.DATASET_READY, "upload", ready)
     topic, offset = publish(env["KAFKA_BOOTSTRAP_SERVERS"], event)
     return event, topic, offset
+
+
+def upload_keys(csv: Path, test_csv: Path | None, identifier: str | None) -> tuple[str, dict[Path, str]]:
+    """Check an upload before anything connects: the files exist and fit preprocess's
+    MAX_UPLOAD_BYTES, the identifier makes a safe key. Returns (identifier, {file: raw-data key})."""
+    from flts.preprocess.settings import PreprocessSettings
+    from flts.storage import InvalidKey, validate_key
+
+    limit = PreprocessSettings.from_env(os.environ).max_bytes  # what preprocess will accept
+    for path in filter(None, (csv, test_csv)):
+        if not Path(path).is_file():
+            raise StackError(f"no such file: {path}")
+        if Path(path).stat().st_size > limit:
+            raise StackError(f"{path}: {Path(path).stat().st_size} bytes is over the limit of {limit} "
+                             f"(MAX_UPLOAD_BYTES); preprocess would refuse it")
+    identifier = identifier or Path(csv).stem
+    try:
+        return identifier, {path: validate_key(f"{identifier}/{Path(path).name}")
+                            for path in filter(None, (csv, test_csv))}
+    except InvalidKey as exc:
+        raise StackError(f"invalid identifier {identifier!r}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- upload through the gateway
@@ -691,6 +701,7 @@ def _cli_upload(args) -> int:
 
     cfg = StackConfig()
     csv, test = Path(args.csv), Path(args.test) if args.test else None
+    upload_keys(csv, test, args.identifier)  # a bad file or identifier is refused before anything connects
     gateway = None if args.kafka else gateway_url(cfg)
     watch = None if args.no_wait else Watch(infra.kafka_bootstrap(cfg.infra))  # before the event exists
     if gateway:  # the HTTP way in: streamed to the gateway, which emits flts.dataset.ready
@@ -750,7 +761,9 @@ def _cli_replay(args) -> int:
 
 
 def _guarded(run: Callable) -> Callable:
+    """A CLI command whose expected failures print one line (`error: ...`) and exit 1, never a traceback."""
     def wrapper(args) -> int:
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)  # its retries are noise: we report the outcome
         try:
             return run(args)
         except (infra.InfraError, StackError, ConfigError, supervise.SupervisorError) as exc:
@@ -759,7 +772,8 @@ def _guarded(run: Callable) -> Callable:
         except Exception as exc:
             if not type(exc).__module__.startswith("kafka"):
                 raise
-            print(f"error: Kafka: {type(exc).__name__}: {exc} (is the stack up? `flts status`)", file=sys.stderr)
+            message = str(exc).removeprefix(f"{type(exc).__name__}: ") or type(exc).__name__
+            print(f"error: Kafka: {message} (is the stack up? `flts status`)", file=sys.stderr)
             return 1
     return wrapper
 

@@ -43,7 +43,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _render_cmd(args) -> int:
     targets = args.target or list(TARGETS)
-    options = RenderOptions(args.registry, args.openfaas_edition, args.kafka_replication)
+    try:
+        options = RenderOptions(args.registry, args.openfaas_edition, args.kafka_replication)
+    except ValueError as exc:  # a flag out of range: one line, not a traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not args.check:
         for target in targets:
             for path in write(target, options=options):

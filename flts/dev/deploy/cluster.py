@@ -58,7 +58,7 @@ class RenderOptions:
 
     def __post_init__(self) -> None:
         if self.kafka_replication < 1:
-            raise ValueError(f"kafka_replication must be >= 1, got {self.kafka_replication}")
+            raise ValueError(f"--kafka-replication must be at least 1, got {self.kafka_replication}")
 
 
 DEFAULTS = RenderOptions()
