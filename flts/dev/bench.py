@@ -18,6 +18,8 @@
    (`echo_app` below: the cost of HTTP + uvicorn + Starlette alone), and with
    `--kserve auto|install`, a KServe model server (Apache-2.0, its own venv) running the same
    ONNX graph in ONNX Runtime. Throughput ratios per round (median), and server CPU per request.
+   infer is also measured with the binary tensor data extension (the same window as raw FP32
+   after a JSON header), against the same echo of the JSON body.
 
 `flts bench --fleet N` instead promotes N small models and measures serving them (run_fleet).
 The load generator shares the 2 cores with the server (and with whatever else runs):
@@ -38,6 +40,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 # Heavy modules are imported where used: `flts --help` builds this module's arguments.
 from flts.dev import REPO, processes
@@ -144,11 +147,11 @@ def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
         return 0, b""
 
 
-def _post(url: str, body: bytes, timeout: float = 60.0) -> int:
+def _post(url: str, body: bytes, timeout: float = 60.0, headers: dict | None = None) -> int:
     import urllib.error
     import urllib.request
 
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=body, headers=headers or {"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as r:
             r.read()
@@ -184,15 +187,19 @@ def windows(path: Path, length: int, count: int) -> list[bytes]:
 
 
 def wrk_run(url: str, bodies: list[bytes], connections: int, seconds: float, workdir: Path,
-            path: str = "/predict") -> dict:
-    """wrk (one thread, bounded in time) POSTing `bodies` in turn to `path` of `url` (127.0.0.1)."""
-    bodies_file = workdir / "bodies.jsonl"
-    bodies_file.write_bytes(b"\n".join(bodies) + b"\n")
+            path: str = "/predict", headers: dict[str, str] | None = None) -> dict:
+    """wrk (one thread, bounded in time) POSTing `bodies` in turn to `path` of `url` (127.0.0.1),
+    with `headers` (default: JSON's Content-Type). Each body is read from its own file: any bytes."""
+    for i, body in enumerate(bodies):
+        (workdir / f"body-{i}").write_bytes(body)
+    headers = headers or {"Content-Type": "application/json"}
     script = workdir / "post.lua"
     script.write_text(
-        f'local bodies = {{}}\nfor line in io.lines("{bodies_file}") do bodies[#bodies + 1] = line end\n'
+        f'local bodies = {{}}\nfor i = 0, {len(bodies) - 1} do\n  local f = io.open("{workdir}/body-" .. i, "rb")\n'
+        '  bodies[#bodies + 1] = f:read("*a")\n  f:close()\nend\n'
+        f'local headers = {{{", ".join(f"[{json.dumps(k)}] = {json.dumps(v)}" for k, v in headers.items())}}}\n'
         'local i = 0\nrequest = function()\n  i = i + 1\n'
-        f'  return wrk.format("POST", "{path}", {{["Content-Type"] = "application/json"}}, bodies[(i % #bodies) + 1])\nend\n')
+        f'  return wrk.format("POST", "{path}", headers, bodies[(i % #bodies) + 1])\nend\n')
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "2s",
                           "-s", str(script), url], capture_output=True, text=True, timeout=seconds + 60).stdout
     return parse_wrk(out)
@@ -397,55 +404,53 @@ def v2_body(n_features: int, length: int) -> bytes:
                                                 "data": x.ravel().tolist()}]})
 
 
+def v2_binary_body(n_features: int, length: int) -> tuple[bytes, dict[str, str]]:
+    """v2_body's window with the binary tensor data extension: (body, its headers)."""
+    import numpy as np
+    import orjson
+
+    x = np.random.default_rng(0).uniform(0, 100, (1, length, n_features)).astype("<f4")
+    header = orjson.dumps({"id": "1", "inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape),
+                                                  "parameters": {"binary_data_size": x.nbytes}}]})
+    return header + x.tobytes(), {"Content-Type": "application/octet-stream",
+                                  "Inference-Header-Content-Length": str(len(header))}
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU of a process (all its threads) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class _Target(NamedTuple):
+    port: int
+    pid: int
+    path: str
+    body: bytes
+    headers: dict[str, str] | None = None  # None: JSON
+
+
 def v2_vs_ceiling(env: dict, models: dict[str, Path], body: bytes, connections: int, seconds: float,
-                  rounds: int, kserve: str, workdir: Path) -> dict:
+                  rounds: int, kserve: str, workdir: Path, binary: tuple[bytes, dict] | None = None) -> dict:
     """infer's v2 route, the echo app and (optionally) KServe, one worker each, in alternating
-    wrk rounds, for each of `models` (identifier → ONNX file; infer loads each on first use)."""
+    wrk rounds, for each of `models` (identifier → ONNX file; infer loads each on first use);
+    with `binary` (body, headers), infer also with the binary tensor data extension."""
     from contextlib import ExitStack
 
-    from flts.dev.testing import free_port
-
     python, kserve_note = kserve_python(kserve)
-    targets: dict[str, tuple[int, int, str]] = {}  # "server/model" → (port, pid, path)
     with ExitStack() as stack:
-        port = free_port()
-        proc = stack.enter_context(spawned(["-m", "flts.infer", "serve", "--port", str(port), "--workers", "1"],
-                                           {**env, "MAX_INFLIGHT": "512", "QUEUE_MAXSIZE": "1024"},
-                                           f"http://127.0.0.1:{port}/readyz"))
-        for model in models:
-            targets[f"infer/{model}"] = (port, proc.pid, f"/v2/models/{model}/infer")
-        port = free_port()
-        proc = stack.enter_context(spawned(
-            ["-m", "uvicorn", "flts.dev.bench:echo_app", "--factory", "--host", "127.0.0.1", "--port", str(port),
-             "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning", "--workers", "1"],
-            env, None))
-        targets["echo"] = (port, proc.pid, f"/v2/models/{next(iter(models))}/infer")
-        if python:
-            script = workdir / "kserve_onnx.py"
-            script.write_text(KSERVE_SERVER)
-            port = free_port()
-            proc = stack.enter_context(processes.running(
-                [str(python), str(script), *(f"{name}={path}" for name, path in models.items()), "--http_port",
-                 str(port), "--configure_logging", "false"], cwd=workdir,
-                ready_url=f"http://127.0.0.1:{port}/v2/health/ready", timeout=120, log_path=os.devnull))
-            for model in models:
-                targets[f"kserve/{model}"] = (port, proc.pid, f"/v2/models/{model}/infer")
-        for name, (port, _, path) in targets.items():  # ready, and warm: connections, allocations, first runs
-            processes.wait_until(lambda port=port, path=path: _post(f"http://127.0.0.1:{port}{path}", body, 2) == 200,
-                                 60, what=f"{name} answering {path}")
-            wrk_run(f"http://127.0.0.1:{port}", [body], connections, 1, workdir, path)
+        targets = _v2_servers(stack, env, models, body, python, workdir, binary)
+        for name, t in targets.items():  # ready, and warm: connections, allocations, first runs
+            url = f"http://127.0.0.1:{t.port}"
+            processes.wait_until(lambda t=t, url=url: _post(url + t.path, t.body, 2, t.headers) == 200,
+                                 60, what=f"{name} answering {t.path}")
+            wrk_run(url, [t.body], connections, 1, workdir, t.path, t.headers)
         per_round: dict[str, list[dict]] = {name: [] for name in targets}
         for _ in range(rounds):  # alternate, so a burst of load from other jobs hits every server alike
-            for name, (port, pid, path) in targets.items():
-                cpu = _cpu_seconds(pid)
-                result = wrk_run(f"http://127.0.0.1:{port}", [body], connections, seconds, workdir, path)
-                result["cpu_us_per_request"] = round((_cpu_seconds(pid) - cpu) * 1e6 / max(1, result["requests"]), 1)
+            for name, t in targets.items():
+                cpu = _cpu_seconds(t.pid)
+                result = wrk_run(f"http://127.0.0.1:{t.port}", [t.body], connections, seconds, workdir, t.path, t.headers)
+                result["cpu_us_per_request"] = round((_cpu_seconds(t.pid) - cpu) * 1e6 / max(1, result["requests"]), 1)
                 per_round[name].append(result)
     report: dict = {"connections": connections, "seconds_per_round": seconds, "rounds": rounds,
                     "kserve_note": kserve_note, "servers": {}, "ratios": {}}
@@ -456,18 +461,58 @@ def v2_vs_ceiling(env: dict, models: dict[str, Path], body: bytes, connections: 
             "non_2xx": sum(r["non_2xx"] for r in results),
             "cpu_us_per_request": statistics.median(r["cpu_us_per_request"] for r in results),
             "ok_per_s_rounds": [r["ok_per_s"] for r in results]}
-    for model in models:
-        for other in ("echo", f"kserve/{model}"):
-            if other not in per_round:
-                continue
-            mine, theirs = per_round[f"infer/{model}"], per_round[other]
-            ratios = [m["ok_per_s"] / t["ok_per_s"] for m, t in zip(mine, theirs, strict=True) if t["ok_per_s"]]
-            report["ratios"][f"infer/{model} over {other}"] = {
-                "throughput": round(statistics.median(ratios), 3) if ratios else None,
-                "rounds": [round(r, 3) for r in ratios],
-                "by_cpu": round(report["servers"][other]["cpu_us_per_request"]
-                                / report["servers"][f"infer/{model}"]["cpu_us_per_request"], 3)}
+    for mine, other in _v2_pairs(models, per_round):
+        ratios = [m["ok_per_s"] / t["ok_per_s"] for m, t in zip(per_round[mine], per_round[other], strict=True)
+                  if t["ok_per_s"]]
+        report["ratios"][f"{mine} over {other}"] = {
+            "throughput": round(statistics.median(ratios), 3) if ratios else None,
+            "rounds": [round(r, 3) for r in ratios],
+            "by_cpu": round(report["servers"][other]["cpu_us_per_request"]
+                            / report["servers"][mine]["cpu_us_per_request"], 3)}
     return report
+
+
+def _v2_servers(stack, env: dict, models: dict[str, Path], body: bytes, kserve_python_path: Path | None,
+                workdir: Path, binary: tuple[bytes, dict] | None) -> dict[str, _Target]:
+    """Start infer, the echo and KServe (when its venv is there) on free ports: "server/model" → target."""
+    from flts.dev.testing import free_port
+
+    targets: dict[str, _Target] = {}
+    port = free_port()
+    proc = stack.enter_context(spawned(["-m", "flts.infer", "serve", "--port", str(port), "--workers", "1"],
+                                       {**env, "MAX_INFLIGHT": "512", "QUEUE_MAXSIZE": "1024"},
+                                       f"http://127.0.0.1:{port}/readyz"))
+    for model in models:
+        targets[f"infer/{model}"] = _Target(port, proc.pid, f"/v2/models/{model}/infer", body)
+    for model in models if binary else ():
+        targets[f"infer/{model} binary"] = _Target(port, proc.pid, f"/v2/models/{model}/infer", *binary)
+    port = free_port()
+    proc = stack.enter_context(spawned(
+        ["-m", "uvicorn", "flts.dev.bench:echo_app", "--factory", "--host", "127.0.0.1", "--port", str(port),
+         "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning", "--workers", "1"],
+        env, None))
+    targets["echo"] = _Target(port, proc.pid, f"/v2/models/{next(iter(models))}/infer", body)
+    if kserve_python_path:
+        script = workdir / "kserve_onnx.py"
+        script.write_text(KSERVE_SERVER)
+        port = free_port()
+        proc = stack.enter_context(processes.running(
+            [str(kserve_python_path), str(script), *(f"{name}={path}" for name, path in models.items()), "--http_port",
+             str(port), "--configure_logging", "false"], cwd=workdir,
+            ready_url=f"http://127.0.0.1:{port}/v2/health/ready", timeout=120, log_path=os.devnull))
+        for model in models:
+            targets[f"kserve/{model}"] = _Target(port, proc.pid, f"/v2/models/{model}/infer", body)
+    return targets
+
+
+def _v2_pairs(models, per_round) -> list[tuple[str, str]]:
+    """(infer target, what it is compared with): every infer target with the echo, JSON ones with KServe."""
+    pairs = []
+    for model in models:
+        pairs += [(f"infer/{model}", other) for other in ("echo", f"kserve/{model}") if other in per_round]
+        if f"infer/{model} binary" in per_round:
+            pairs.append((f"infer/{model} binary", "echo"))
+    return pairs
 
 
 # ---------------------------------------------------------------- a fleet of models
@@ -607,7 +652,7 @@ def run_bench(args) -> dict:
                 (workdir / f"{name}.onnx").write_bytes(graph)
             report["v2"] = v2_vs_ceiling(env, {name: workdir / f"{name}.onnx" for name in models},
                                          v2_body(n_features, length), args.connections, args.v2_seconds,
-                                         args.v2_rounds, args.kserve, workdir)
+                                         args.v2_rounds, args.kserve, workdir, v2_binary_body(n_features, length))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report["machine"]["loadavg_after"] = _loadavg()
@@ -650,7 +695,8 @@ def print_table(report: dict) -> None:
     v2, servers = report["v2"], report["v2"]["servers"]
     for pair, ratio in v2["ratios"].items():
         mine, other = pair.split(" over ")
-        rows.append((f"v2 {pair}", f"{ratio['throughput']}", ">= 0.5" if other == "echo" else "",
+        target = ">= 0.5" if other == "echo" and not mine.endswith("binary") else ""
+        rows.append((f"v2 {pair}", f"{ratio['throughput']}", target,
                      f"{servers[mine]['ok_per_s']:.0f} vs {servers[other]['ok_per_s']:.0f}/s, median of "
                      f"{v2['rounds']} rounds {ratio['rounds']}; by CPU/request {servers[mine]['cpu_us_per_request']}"
                      f" vs {servers[other]['cpu_us_per_request']} us = {ratio['by_cpu']}"))

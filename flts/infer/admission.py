@@ -10,8 +10,9 @@ The slot is taken only once the body is complete (issue 12, M1): a client that s
 headers and then trickles bytes holds a connection, never a slot, so slow clients cannot
 starve predictions; after BODY_READ_SECONDS it gets 408 and its connection is closed.
 
-The prediction routes are answered here, before Starlette's router: no route matching, no
-Request or Response object, the answer sent as two ASGI messages. Every layer on this path
+The prediction routes are answered here, before any of Starlette's layers (InferApp in
+flts.infer.app calls this first): no error middleware, no route matching, no Request or
+Response object, the answer sent as two ASGI messages. Every layer on this path
 costs throughput that a model running in microseconds would notice (issue 13).
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import orjson
 
 from flts.auth import refusal
 from flts.infer.features import RequestError
+from flts.infer.v2 import BINARY_HEADER
 
 JSON = b"application/json"
 
@@ -40,33 +42,53 @@ def header(scope, name: bytes) -> str | None:
 
 async def read_body(scope, receive, limit: int, setting: str, deadline: float) -> bytes:
     """The whole body: 413 past `limit` (from Content-Length before reading, else while
-    streaming), 408 when it has not arrived within `deadline` seconds."""
+    streaming), 408 when it has not arrived within `deadline` seconds. One coroutine, the loop
+    inline: every prediction request reads its body."""
+    _check_declared_length(scope, limit, setting)
+    late = _Deadline(asyncio.current_task())
+    timer = asyncio.get_running_loop().call_later(deadline, late.expire)
+    chunks, size = [], 0
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(f"the body is over the limit of {limit} bytes ({setting})", 413)
+            if not message.get("more_body", False):
+                return b"".join(chunks) + chunk if chunks else chunk
+            chunks.append(chunk)
+    except asyncio.CancelledError:
+        if late.expired and late.task.uncancel() <= late.cancelling:  # our timer, not a shutdown
+            raise RequestError(f"the request body did not arrive within {deadline:g} s (BODY_READ_SECONDS)", 408) from None
+        raise
+    finally:
+        timer.cancel()
+
+
+def _check_declared_length(scope, limit: int, setting: str) -> None:
     declared = header(scope, b"content-length")
     if declared is not None:
         if not declared.isdigit():
             raise RequestError(f"invalid Content-Length {declared[:20]!r}")
         if int(declared) > limit:
             raise RequestError(f"the body of {declared} bytes is over the limit of {limit} bytes ({setting})", 413)
-    try:
-        async with asyncio.timeout(deadline):
-            return await _receive_all(receive, limit, setting)
-    except TimeoutError:
-        raise RequestError(f"the request body did not arrive within {deadline:g} s (BODY_READ_SECONDS)", 408) from None
 
 
-async def _receive_all(receive, limit: int, setting: str) -> bytes:
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(f"the body is over the limit of {limit} bytes ({setting})", 413)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+class _Deadline:
+    """What asyncio.timeout does, with one timer and no context manager: it costs every
+    prediction request a few µs, a share a model running in microseconds notices (issue 13)."""
+
+    __slots__ = ("task", "cancelling", "expired")
+
+    def __init__(self, task: asyncio.Task):
+        self.task, self.cancelling, self.expired = task, task.cancelling(), False
+
+    def expire(self) -> None:
+        self.expired = True
+        self.task.cancel()
 
 
 def error_headers(status: int) -> dict[str, str]:
@@ -77,9 +99,12 @@ def error_headers(status: int) -> dict[str, str]:
 
 
 async def send_json(send, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-    raw_headers = [(b"content-type", JSON), (b"content-length", str(len(body)).encode())]
+    """Send an answer: JSON unless `headers` names another Content-Type."""
+    raw_headers = [(b"content-length", str(len(body)).encode())]
     if headers:
         raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    if not headers or "Content-Type" not in headers:
+        raw_headers.append((b"content-type", JSON))
     await send({"type": "http.response.start", "status": status, "headers": raw_headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -142,7 +167,7 @@ class AdmissionControl:
             if name is None:
                 answer = await self.service.predict(body)
             else:
-                answer = await self.service.v2_infer(name, body)
+                answer = await self.service.v2_infer(name, body, header(scope, BINARY_HEADER))
             await send_json(send, *answer)
         finally:
             batcher.release()

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
 
 import numpy as np
 import orjson
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -32,7 +32,7 @@ from flts.infer.handler import apply_event, load_champion, refresh_default
 from flts.infer.model import ModelTooLarge, ServedModel
 from flts.infer.registry import NO_MODEL, ModelRegistry
 from flts.infer.settings import ServingSettings
-from flts.infer.v2 import infer_response, model_metadata, parse_infer
+from flts.infer.v2 import infer_response, model_metadata, parse_infer, split_binary
 from flts.logs import log, warn
 from flts.outcomes import BAD_EVENT, error_text, log_failure, status_of_exception
 from flts.settings import Env
@@ -74,6 +74,14 @@ def _loads(raw: bytes):
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise RequestError(f"malformed JSON: {exc}") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _v2_clock(batch: int, step: float) -> tuple[np.ndarray, np.ndarray]:
+    """The (last_wall, step) of a v2 batch, which carries no timestamps: built once per size, read-only."""
+    last_wall, steps = np.zeros(batch), np.full(batch, step)
+    last_wall.flags.writeable = steps.flags.writeable = False
+    return last_wall, steps
 
 
 class InferService:
@@ -183,12 +191,6 @@ class InferService:
         if not done.cancelled():
             done.exception()  # retrieved even when every waiting request has gone: no "never retrieved" warning
 
-    async def _infer(self, model, x: np.ndarray, last_wall: np.ndarray, step: np.ndarray) -> np.ndarray:
-        out = await self.batcher.submit(model, x, last_wall, step)
-        if not np.isfinite(out).all():
-            raise RequestError("the model produced a non-finite forecast for this input (values far out of range?)", 422)
-        return out
-
     # ------------------------------------------------------------ /predict
 
     async def predict(self, raw: bytes) -> Answer:
@@ -200,7 +202,7 @@ class InferService:
             model = await self.model_for(body.get("identifier") if isinstance(body, dict) else None)
             window = parse_predict(body, model.spec, self.settings.max_rows)
             times = format_forecast_times(window)
-            out = await self._infer(model, window.x[None], np.array([window.last_wall]), np.array([window.step_seconds]))
+            out = await self.batcher.submit(model, window.x[None], np.array([window.last_wall]), np.array([window.step_seconds]))
             target, info = model.spec.target, model.info
             forecast = out[0, :window.steps]
             columns = {name: values.tolist() for name, values in
@@ -320,17 +322,19 @@ class InferService:
             return _error(exc.status, str(exc))
         return _json(200, {"name": model.info.identifier, "ready": True})
 
-    async def v2_infer(self, name: str, raw: bytes) -> Answer:
-        """POST /v2/models/{name}/infer, called by AdmissionControl like predict."""
+    async def v2_infer(self, name: str, raw: bytes, header_length: str | None = None) -> Answer:
+        """POST /v2/models/{name}/infer, called by AdmissionControl like predict; `header_length`:
+        its Inference-Header-Content-Length (binary tensor data after the JSON)."""
         started = time.perf_counter()
         status = 500
         try:
-            model = await self.model_for(name)
-            x, request_id = parse_infer(_loads(raw), model, self.settings.max_rows)
-            batch = len(x)
-            out = await self._infer(model, x, np.zeros(batch), np.full(batch, model.spec.frequency_seconds or 60.0))
+            model = self.registry.cached(name) or await self._load_champion(name)  # a path segment: a str
+            text, binary = split_binary(raw, header_length)
+            request = parse_infer(_loads(text), model, self.settings.max_rows, binary)
+            x = request.x
+            out = await self.batcher.submit(model, x, *_v2_clock(len(x), model.spec.frequency_seconds or 60.0))
             status = 200
-            return 200, infer_response(model, out, request_id, interval_scales(x, model.spec)), None
+            return 200, *infer_response(model, out, request, interval_scales(x, model.spec))
         except RequestError as exc:
             status = exc.status
             return status, orjson.dumps({"error": str(exc)}), error_headers(status)
@@ -372,6 +376,19 @@ def create_app(env: Env | None = None, store: ObjectStore | None = None, registr
         finally:
             await service.shutdown()
 
-    app = Starlette(routes=service.routes(), lifespan=lifespan, middleware=[Middleware(AdmissionControl, service=service)])
+    app = InferApp(service, routes=service.routes(), lifespan=lifespan)
     app.state.service = service
     return app
+
+
+class InferApp(Starlette):
+    """Starlette whose prediction routes AdmissionControl answers before any of Starlette's own
+    layers (error middleware, router): each costs throughput a fast model notices (issue 13).
+    Everything else, lifespan included, goes through Starlette as usual."""
+
+    def __init__(self, service: InferService, **options):
+        super().__init__(**options)
+        self.admission = AdmissionControl(super().__call__, service)
+
+    async def __call__(self, scope, receive, send):
+        await self.admission(scope, receive, send)

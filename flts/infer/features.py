@@ -151,6 +151,8 @@ def interval_name(level: float) -> str:
 def with_intervals(forecast: np.ndarray, spec: InputSpec, scale: float | np.ndarray = 1.0) -> dict[str, np.ndarray]:
     """{"lower_80": ..., "upper_80": ...} around forecast [..., steps], one pair per level; `scale`:
     the window's local scale ([batch] for a batch), which scaled intervals multiply."""
+    if not spec.intervals:
+        return {}
     steps = forecast.shape[-1]
     factor = np.asarray(scale, dtype=forecast.dtype) if spec.scaled_intervals else np.ones((), forecast.dtype)
     factor = factor[:, None] if factor.ndim else factor

@@ -24,7 +24,8 @@ class ServingSettings(PromotionBucket, EventAuthSettings):  # EVENT_TOKEN (`toke
     enable_microbatch: Flag = knob("ENABLE_MICROBATCH", True, "concurrent requests share one ONNX run")
     batch_size: int = knob("BATCH_SIZE", 32, "windows per ONNX run at most", ge=1)
     batch_timeout_ms: float = knob("BATCH_TIMEOUT_MS", 0.0,
-                                   "how long a lane waits for more windows after the first; 0 = take what is queued now",
+                                   "how long a lane waits for more windows after the first; 0 = no timer: take what is "
+                                   "queued after two turns of the event loop",
                                    ge=0)
     inline_run_ms: float = knob("INLINE_RUN_MS", 1.0,
                                 "a batch runs on the event loop, not in a thread, when the model's fastest time per "
