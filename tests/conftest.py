@@ -23,6 +23,22 @@ def lte_dir() -> Path:
     return DATA
 
 
+@pytest.fixture(scope="session")
+def knative() -> list[dict]:
+    """The committed Knative objects (deploy/knative/*.yaml)."""
+    from flts.dev import deploy
+
+    return deploy.load_yaml_objects(REPO / p for p in deploy.knative_files())
+
+
+@pytest.fixture(scope="session")
+def stack() -> dict:
+    """The committed OpenFaaS stack.yml."""
+    import yaml
+
+    return yaml.safe_load((REPO / "stack.yml").read_text())
+
+
 @pytest.fixture
 def file_store(tmp_path):
     from flts.storage import FileStore

@@ -9,7 +9,6 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 from test_deploy_crosscheck import template_index
 
 from flts import routing
@@ -19,16 +18,6 @@ from flts.dev.infra.s3 import GRANTS, READ, WRITE, bucket_policies
 
 REPO = Path(__file__).resolve().parent.parent
 S3_KEYS = set(deploy.S3_CREDENTIAL_KEYS)
-
-
-@pytest.fixture(scope="module")
-def knative() -> list[dict]:
-    return deploy.load_yaml_objects(REPO / p for p in deploy.knative_files())
-
-
-@pytest.fixture(scope="module")
-def stack() -> dict:
-    return yaml.safe_load((REPO / "stack.yml").read_text())
 
 
 def knative_services(objects) -> dict[str, dict]:

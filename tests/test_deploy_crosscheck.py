@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
 from flts import events, routing
 from flts.dev import deploy
@@ -41,16 +40,6 @@ def code_files() -> list[Path]:
 @pytest.fixture(scope="module")
 def code_text() -> str:
     return "\n".join(p.read_text() for p in code_files())
-
-
-@pytest.fixture(scope="module")
-def knative() -> list[dict]:
-    return deploy.load_yaml_objects(REPO / p for p in deploy.knative_files())
-
-
-@pytest.fixture(scope="module")
-def stack() -> dict:
-    return yaml.safe_load((REPO / "stack.yml").read_text())
 
 
 @pytest.fixture(scope="module")

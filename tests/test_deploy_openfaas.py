@@ -25,11 +25,6 @@ REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "template" / deploy.TEMPLATE
 
 
-@pytest.fixture(scope="module")
-def stack() -> dict:
-    return yaml.safe_load((REPO / "stack.yml").read_text())
-
-
 def annotations(stack: dict, name: str) -> dict:
     return stack["functions"][name].setdefault("annotations", {})
 
