@@ -13,6 +13,7 @@ from cloudevents.conversion import to_binary
 
 from flts import events
 from flts.auth import bearer_header, event_token, refusal
+from flts.dev.testing import read_records
 from flts.dispatcher.delivery import deliver
 from flts.dispatcher.ingress import IngressServer
 from flts.dispatcher.settings import DispatchSettings
@@ -226,19 +227,4 @@ def test_a_token_protected_pipeline_step_through_kafka(infra, tmp_path, monkeypa
 
 
 def _read(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> list:
-    import time
-
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        consumer.seek_to_beginning(tp)
-        records, deadline = [], time.monotonic() + timeout
-        while len(records) < count and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=300).values():
-                records.extend(batch)
-        return records
-    finally:
-        consumer.close(autocommit=False)
+    return read_records(bootstrap, topic, count, timeout)

@@ -25,6 +25,7 @@ from cloudevents.http import CloudEvent
 from flts import events, routing
 from flts.dev import infra as fi
 from flts.dev import processes
+from flts.dev.testing import read_records
 from flts.dispatcher import Dispatcher
 from flts.dispatcher.producer import EventProducer
 from flts.dispatcher.routes import Routes, Subscription
@@ -165,20 +166,7 @@ class Bus:
 
     def read(self, topic: str, count: int, timeout: float = 60.0) -> list:
         """The first `count` records of a topic (waits up to `timeout`)."""
-        from kafka import KafkaConsumer, TopicPartition
-
-        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
-        try:
-            tp = TopicPartition(topic, 0)
-            consumer.assign([tp])
-            consumer.seek_to_beginning(tp)
-            records, deadline = [], time.monotonic() + timeout
-            while len(records) < count and time.monotonic() < deadline:
-                for batch in consumer.poll(timeout_ms=300).values():
-                    records.extend(batch)
-            return records
-        finally:
-            consumer.close(autocommit=False)
+        return read_records(self.bootstrap, topic, count, timeout)
 
     def replies(self, count: int, timeout: float = 60.0) -> list[dict]:
         return [orjson.loads(r.value) for r in self.read(self.outbox, count, timeout)]

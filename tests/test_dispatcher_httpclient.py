@@ -106,3 +106,53 @@ def test_a_slow_answer_is_a_read_timeout(server):
             PooledClient(0.2, 1.0).post(server, headers={}, content=b"")
     finally:
         Handler.do_POST = original
+
+
+def raw_server(answers: list[bytes]):
+    """A server that answers each request on one connection with the next raw bytes; returns its URL and what it read."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: list[bytes] = []
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            for answer in answers:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += conn.recv(65536)
+                head, _, body = request.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                while len(body) < length:
+                    body += conn.recv(65536)
+                seen.append(head + b"\r\n\r\n" + body)
+                conn.sendall(answer)
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}/x?y=1", seen
+
+
+def test_chunked_interim_and_closing_answers_are_read_whole():
+    url, seen = raw_server([
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nCe-Id: a\r\n\r\n"
+        b"4\r\nabcd\r\n3;ext=1\r\nefg\r\n0\r\nTrailer: t\r\n\r\n",
+        b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+    ])
+    client = PooledClient(5.0, 1.0)
+    first = client.post(url, headers={"ce-id": "e1", "Host": "ignored"}, content=b"{}")
+    second = client.post(url, headers={}, content=b"[1]")
+    assert (first.status_code, first.content, first.headers["ce-id"]) == (200, b"abcdefg", "a")
+    assert (second.status_code, second.text) == (202, "ok")
+    assert client._local.conn is None, "a Connection: close answer left the connection open"
+    head = seen[0].split(b"\r\n")
+    assert head[0] == b"POST /x?y=1 HTTP/1.1" and b"ce-id: e1" in head and seen[0].endswith(b"\r\n\r\n{}")
+    assert sum(line.lower().startswith(b"host:") for line in head) == 1 and seen[1].endswith(b"[1]")
+
+
+def test_an_answer_cut_short_is_a_read_error():
+    url, _ = raw_server([b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"])
+    with pytest.raises(httpx.ReadError):
+        PooledClient(5.0, 1.0).post(url, headers={}, content=b"")

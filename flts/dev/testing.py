@@ -122,3 +122,23 @@ def stack_pids(cfg) -> set[int]:
             pids |= {pid, *processes.group_members(pid)}
         pids |= set(processes.pids_in(stack.workdir(cfg, proc.name)))
     return pids
+
+
+def read_records(bootstrap: str, topic: str, count: int, timeout: float = 60.0) -> list:
+    """The first `count` records of every partition of a topic (waits up to `timeout`), with kafka-python."""
+    import time
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or {0})]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        records, deadline = [], time.monotonic() + timeout
+        while len(records) < count and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=300).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close(autocommit=False)

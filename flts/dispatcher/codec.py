@@ -55,10 +55,17 @@ def event_from_kafka(headers: list[tuple[str, bytes]] | None, value: bytes | Non
 
 
 def _from_binary(hdrs: dict[str, str], content_type: str, value: bytes) -> CloudEvent:
-    check_attributes({k[3:]: v for k, v in hdrs.items() if k.startswith("ce_")})
-    message = ce_kafka.KafkaMessage({k: v.encode() for k, v in hdrs.items()}, None, value)
-    unmarshal = (lambda raw: orjson.loads(raw) if raw else None) if _is_json(content_type) else bytes
-    return ce_kafka.from_binary(message, data_unmarshaller=unmarshal)
+    """What `cloudevents.kafka.from_binary` makes of it (with no key), without re-encoding the headers for
+    it: every delivery reads one."""
+    attributes = {k[3:]: v for k, v in hdrs.items() if k.startswith("ce_")}
+    check_attributes(attributes)
+    if "content-type" in hdrs:
+        attributes["datacontenttype"] = content_type
+    try:
+        data = (orjson.loads(value) if value else None) if _is_json(content_type) else bytes(value)
+    except orjson.JSONDecodeError as exc:
+        raise ce_errors.DataUnmarshallerError(f"Failed to unmarshall data with error: {exc!r}") from None
+    return CloudEvent.create(attributes, data)
 
 
 def _from_structured(content_type: str, value: bytes) -> CloudEvent:

@@ -54,6 +54,10 @@ RESTART_PAUSE_SEC = 2.0  # before a consumer that failed is opened again
 SESSION_TIMEOUT_MS = 10_000
 BUFFER_PER_WORKER, MIN_BUFFER = 4, 64  # records held in memory (per delivery slot) before fetching pauses
 POLL_IDLE_MS, POLL_BUSY_MS = 500, 50  # busy: come back soon to commit what settled
+# A poll waits for room for this share of the buffer: polling as each record settles would fetch
+# (and commit) one record at a time, a Kafka request per event.
+REFILL_SHARE = 0.5
+COMMIT_INTERVAL_SEC = 0.1  # commits coalesced: each is a write to __consumer_offsets, costly per event
 STOP_DRAIN_SEC = 10.0  # on stop, how long deliveries in flight may finish (then their records come again)
 
 
@@ -164,6 +168,7 @@ class ConsumerLoop(threading.Thread):
         self._roots: dict[bytes | None, str] = {}  # record key -> chain root of its delivery in flight
         self._roots_lock = threading.Lock()
         self.token = event_token()  # read once: from the environment it costs more than a delivery
+        self._next_commit = 0.0  # monotonic time the next commit may go out
 
     def run(self) -> None:
         self.client = self._http_client()
@@ -229,10 +234,11 @@ class ConsumerLoop(threading.Thread):
         return PooledClient(self.settings.timeout, self.settings.connect_timeout)
 
     def _poll_once(self, consumer, session: Session) -> None:
-        self._commit(consumer, session.take_moved())
-        full = self._throttle(consumer)
+        self._commit_due(consumer, session)
+        room = self._room(consumer)
         try:
-            batch = consumer.poll(timeout_ms=0 if full else POLL_BUSY_MS if self.pool.pending else POLL_IDLE_MS)
+            batch = consumer.poll(timeout_ms=0 if not room else POLL_BUSY_MS if self.pool.pending else POLL_IDLE_MS,
+                                  max_records=room or 1)  # paused when there is no room: nothing comes
         except Exception as exc:  # noqa: BLE001 - the client reconnects by itself; keep the loop
             self.stats.last_error = f"poll: {type(exc).__name__}: {exc}"
             error("dispatch_poll_failed", deployment=self.sub.deployment, error=self.stats.last_error)
@@ -252,15 +258,23 @@ class ConsumerLoop(threading.Thread):
             return
         self.pool.submit(record.key, lambda: self._settle_in(session, tp, mark, record))
 
-    def _throttle(self, consumer) -> bool:
-        """With enough records waiting, wait a little for room; still full, pause fetching (polling goes
-        on, so the group keeps this member and commits go out). True while full."""
-        full = not self.pool.wait_below(self.buffer_limit, POLL_BUSY_MS / 1000)
-        if full:
+    def _room(self, consumer) -> int:
+        """How many records to fetch now: with the buffer filled past the refill mark, wait a little for it to
+        drain; still full, pause fetching and return 0 (polling goes on, so the group keeps this member and
+        commits go out)."""
+        refill_mark = self.buffer_limit - max(1, int(self.buffer_limit * REFILL_SHARE))
+        if not self.pool.wait_below(refill_mark + 1, POLL_BUSY_MS / 1000):
             consumer.pause(*consumer.assignment())
-        elif consumer.paused():
+            return 0
+        if consumer.paused():
             consumer.resume(*consumer.paused())
-        return full
+        return self.buffer_limit - self.pool.pending
+
+    def _commit_due(self, consumer, session: Session) -> None:
+        """Commit the watermarks that moved, at most once per COMMIT_INTERVAL_SEC."""
+        if time.monotonic() >= self._next_commit:
+            self._commit(consumer, session.take_moved())
+            self._next_commit = time.monotonic() + COMMIT_INTERVAL_SEC
 
     def _commit(self, consumer, offsets: dict) -> None:
         # Asynchronous: polling need not wait for the broker. A commit that is lost (crash,

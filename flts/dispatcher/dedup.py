@@ -27,7 +27,7 @@ ROOT_HEADER = "flts_root"
 KEY_HEADER = "flts_key"
 CAPACITY = 200_000  # keys remembered (≈ 20 MB); older ones are forgotten first
 SEED_PER_PARTITION = 5_000  # records read back per partition at start
-LOCK_STRIPES = 64
+LOCK_STRIPES = 1024  # a write holds its stripe until Kafka acks: few stripes, deliveries queue on each other
 
 
 def event_key(root: str, event) -> str:

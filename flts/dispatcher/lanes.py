@@ -24,8 +24,9 @@ class KeyedPool:
         self._lanes: dict[Hashable, deque[Callable[[], None]]] = {}  # a key with a job queued or running
         self._ready: queue.Queue = queue.Queue()  # keys whose first job may run now
         self._lock = threading.Lock()
-        self._done = threading.Condition(self._lock)  # notified as each job finishes
+        self._done = threading.Condition(self._lock)  # notified when pending drops below what a waiter waits for
         self._pending = 0
+        self._waiting: list[int] = []  # the limit of each wait_below caller waiting now
         self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(size)]
         for thread in self._threads:
             thread.start()
@@ -48,7 +49,11 @@ class KeyedPool:
     def wait_below(self, limit: int, timeout: float) -> bool:
         """Wait until fewer than `limit` jobs are pending; False if they are not after `timeout`."""
         with self._done:
-            return self._done.wait_for(lambda: self._pending < limit, timeout)
+            self._waiting.append(limit)
+            try:
+                return self._done.wait_for(lambda: self._pending < limit, timeout)
+            finally:
+                self._waiting.remove(limit)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every submitted job has finished; False if some still run after `timeout`."""
@@ -76,6 +81,7 @@ class KeyedPool:
             self._pending -= 1
             if not lane:
                 del self._lanes[key]
-            self._done.notify_all()
+            if self._waiting and self._pending < max(self._waiting):  # not on every job: a thread switch each
+                self._done.notify_all()
         if lane:  # back in the queue rather than run now: other keys get their turn
             self._ready.put(key)
