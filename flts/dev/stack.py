@@ -472,7 +472,8 @@ def _process_row(cfg: StackConfig, proc: Process) -> dict:
                    scaled_to_zero=door is not None and door["backend"] == "stopped",
                    note=_frontdoor_note(door) if door else "front door (scale to zero)")
         return row
-    if supervised == "RUNNING":
+    # STARTING lasts the supervisor's startsecs (1 s) even for a process that already answers
+    if supervised == "RUNNING" or (supervised == "STARTING" and processes.http_ok(proc.health_url)):
         up_for = found["now"] - found["start"]
         return {**row, "state": "healthy" if processes.http_ok(proc.health_url) else "UNHEALTHY",
                 "note": f"up {up_for}s" if up_for < 120 else f"up {up_for // 60}min"}
