@@ -5,8 +5,9 @@ Out: 200 with the output event as a binary-mode reply (Knative Broker reply) whe
 is one; `application/cloudevents-batch+json` when there are several; 202 and no body
 when there are none. With K_SINK set (Knative SinkBinding), outputs are POSTed there
 instead and the reply is 202.
-With EVENT_TOKEN set, `POST /` needs `Authorization: Bearer <token>` (401 otherwise, naming
-the problem; the health routes stay open), and outputs POSTed to K_SINK carry it too.
+With EVENT_TOKEN or EVENT_OIDC_AUDIENCE set, `POST /` needs a bearer credential (flts.auth:
+401 otherwise, naming the problem; 503 when an OIDC token cannot be checked now; the health
+routes stay open), and outputs POSTed to K_SINK carry the sender's (flts.auth.sender_token).
 Status codes tell the caller whether to retry: 400 = this event is bad (dead-letter it),
 413 = the body is over MAX_EVENT_BYTES, 422 = the object the claim points to is missing,
 5xx = something failed that may pass later (502: the output could not reach K_SINK).
@@ -21,7 +22,7 @@ import orjson
 from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import from_http
 
-from flts.auth import bearer_header, event_token, refusal
+from flts.auth import bearer_header, gate_for, sender_token
 from flts.events import MAX_EVENT_BYTES, EventError
 from flts.logs import log
 from flts.outcomes import SinkError, TooLarge, error_text, log_failure, status_of_exception
@@ -29,7 +30,6 @@ from flts.spec import Handler
 
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 HEALTH_PATHS = ("/healthz", "/readyz")
-UNAUTHORIZED = 401  # a 4xx: the dispatcher dead-letters it (a wrong token will not be right next time)
 
 
 def _json(code: int, **body):
@@ -41,10 +41,9 @@ def serve_events(request, handler: Handler, env=None):
     env = os.environ if env is None else env
     if request.method == "GET" and request.path in HEALTH_PATHS:  # liveness/readiness probes
         return _json(200, status="ok")
-    token = event_token(env)
-    denied = refusal(request.headers.get("Authorization"), token)
+    denied = gate_for(env).refusal(request.headers.get("Authorization"))
     if denied:  # before the body is read: an unknown sender costs nothing
-        body, status, headers = _json(UNAUTHORIZED, error=denied)
+        body, status, headers = _json(denied.status, error=denied.reason)
         return body, status, {**headers, "WWW-Authenticate": "Bearer"}
     try:
         event = _read_event(request)
@@ -55,7 +54,7 @@ def serve_events(request, handler: Handler, env=None):
     try:
         for out in handler(event, env) or []:  # a generator handler emits as it goes
             if sink:  # e.g. a trainer's RUNNING leaves now, not when training ends
-                _to_sink(sink, out, token)
+                _to_sink(sink, out, sender_token(env))
             emitted.append(out)
     except Exception as exc:  # noqa: BLE001 - flts.outcomes gives each failure the status that tells the caller
         log_failure(event, exc)

@@ -39,6 +39,30 @@ def stack() -> dict:
     return yaml.safe_load((REPO / "stack.yml").read_text())
 
 
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory):
+    """A real kube-apiserver (+ etcd) with namespaces `flts` and `elsewhere`: it signs service-account
+    tokens (TokenRequest) and serves its OIDC discovery document and keys, as a cluster does."""
+    from flts.dev.deploy.upstream import KubeAPIServer
+
+    with KubeAPIServer([], workdir=tmp_path_factory.mktemp("cluster")).running() as api:
+        api.namespace("flts")
+        api.namespace("elsewhere")
+        yield api
+
+
+@pytest.fixture
+def oidc_env(kube, tmp_path):
+    """The settings of a receiver in namespace `flts` checking OIDC tokens (flts.auth): its pod's own
+    service account (token, ca.crt, namespace, as mounted in a pod) fetches the cluster's keys."""
+    account = kube.service_account_dir(tmp_path / "serviceaccount", "flts")
+
+    def env(audience: str, senders: str) -> dict[str, str]:
+        return {"EVENT_OIDC_AUDIENCE": audience, "EVENT_OIDC_SENDERS": senders,
+                "EVENT_OIDC_ISSUER_URL": kube.url, "EVENT_OIDC_ACCOUNT_DIR": str(account)}
+    return env
+
+
 @pytest.fixture
 def file_store(tmp_path):
     from flts.storage import FileStore

@@ -46,9 +46,11 @@ def store(workdir) -> FileStore:
 
 
 @pytest.fixture(scope="module")
-def cluster(workdir, store):
-    """Every Service of the render, started at once as `kubectl apply` starts them, none with a model."""
-    with LocalCluster(rendered_objects(), workdir, stand_ins=stand_ins(workdir), secrets=SECRETS) as running:
+def cluster(workdir, store, kube):
+    """Every Service of the render, started at once as `kubectl apply` starts them, none with a model,
+    with Eventing's sender identity on (tokens signed by a real kube-apiserver)."""
+    with LocalCluster(rendered_objects(), workdir, stand_ins=stand_ins(workdir), secrets=SECRETS,
+                      identity=kube) as running:
         running.start_all(sorted(running.services))
         yield running
 
@@ -103,6 +105,20 @@ def test_an_upload_flows_through_preprocess_to_every_trainer_and_on_to_eval(clus
                      what="the deliveries to eval")
     assert set(delivered(cluster, "eval-model-training")) == {202}  # RUNNING: nothing to settle yet
     assert {"training-data", "model-training"} <= set(cluster.broker.recorded)
+
+
+def test_with_sender_identity_no_one_else_reaches_a_function_or_the_broker(cluster, store):
+    """The forged notice (issue 12, H1) from a pod of the cluster: refused by infer and by the Broker."""
+    from cloudevents.conversion import to_binary
+
+    pointer = promote(store, persistence_onnx(10, len(LTE_FEATURES), 3, 0))
+    headers, body = to_binary(events.make_event(events.MODEL_SELECTED, "/anyone", pointer))
+    forged = cluster.identity.api.token("flts", "default", "flts.dev/infer")  # a pod's own account
+    for extra in ({}, {"Authorization": f"Bearer {forged}"}):
+        refused = httpx.post(cluster.url("infer") + "/", headers={**headers, **extra}, content=body)
+        assert refused.status_code == 401, refused.text
+        assert httpx.post(cluster.broker_url, headers={**headers, **extra}, content=body).status_code == 401
+    assert not cluster.received(events.MODEL_SELECTED, source="/anyone")
 
 
 # --------------------------------------------------------------------------- planted error

@@ -17,6 +17,7 @@ import pytest
 
 from flts.dev import deploy
 from flts.dev.deploy import RenderOptions
+from flts.dev.deploy.knative import trigger_identity
 from flts.dev.deploy.upstream import KNATIVE_CHECK, KUBE_APISERVER, KubeAPIServer, MissingTool, knative_versions, tool
 from flts.dev.deploy.upstream import knative_webhook_errors as webhook_errors
 from flts.dev.deploy.upstream import knative_webhook_results as webhook_results
@@ -93,6 +94,35 @@ def test_knative_webhooks_accept_every_rendered_object(options):
 def test_knative_webhooks_refuse_a_planted_error(obj, message):
     errors = webhook_errors([obj])
     assert any(message in e for e in errors), errors
+
+
+def env_of(service: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in template(service)["spec"]["containers"][0]["env"]}
+
+
+def test_each_function_accepts_exactly_the_senders_eventing_signs_its_triggers_as():
+    """Sender identity (flts.auth): EVENT_OIDC_SENDERS are the service accounts Knative's own code
+    names for the Service's Triggers, and EVENT_OIDC_AUDIENCE is what those Triggers sign for."""
+    objects = rendered()
+    identity = {r["name"]: r["oidcIdentity"] for r in webhook_results(objects) if r["kind"] == "Trigger"}
+    triggers = [o for o in objects if o["kind"] == "Trigger" and o["spec"]["subscriber"]["ref"]["kind"] == "Service"]
+    services = [o for o in objects if o["kind"] == "Service" and any(
+        t["spec"]["subscriber"]["ref"]["name"] == o["metadata"]["name"] for t in triggers)]
+    assert {s["metadata"]["name"] for s in services} >= {"preprocess", "train-gru", "eval", "infer"}
+    for service in services:
+        name, env = service["metadata"]["name"], env_of(service)
+        own = [t for t in triggers if t["spec"]["subscriber"]["ref"]["name"] == name]
+        assert env["EVENT_OIDC_SENDERS"].split(",") == [identity[t["metadata"]["name"]] for t in own], name
+        assert {t["spec"]["subscriber"]["audience"] for t in own} == {env["EVENT_OIDC_AUDIENCE"]}, name
+
+
+@pytest.mark.parametrize("name", ["infer-model-selected", "a-trigger-name-of-thirty-chars", "x" * 70])
+def test_the_sender_names_follow_knatives_own_naming(name):
+    """kmeta.ChildName as Triggers use it: short enough to keep, just too long (hashed, the suffix cut),
+    longer than the hash leaves room for (the name cut too)."""
+    trigger = mutated("Trigger", "infer-model-selected", lambda t: t["metadata"].update(name=name))
+    [result] = webhook_results([trigger])
+    assert trigger_identity(name) == result["oidcIdentity"]
 
 
 # --------------------------------------------------------------------------- kube-apiserver

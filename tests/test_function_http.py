@@ -6,6 +6,7 @@ object is missing, 5xx retryable.
 from __future__ import annotations
 
 import http.server
+import os
 import socket
 import threading
 
@@ -298,3 +299,92 @@ def test_a_generator_handler_reaches_k_sink_as_it_goes(sink):
     assert seen_at_sink_before_second == [1]
     statuses = [orjson.loads(body)["status"] for _, body in received]
     assert statuses == ["RUNNING", "SUCCESS"]
+
+
+# ---------------------------------------------------------------- Knative sender identity (flts.auth, OIDC)
+# Tokens signed by a real kube-apiserver (TokenRequest, as Knative gets them for a Trigger's or a
+# SinkBinding's service account), checked against its discovery document and JWKS over HTTPS.
+
+AUDIENCE = "flts.dev/preprocess"
+TRIGGER_ACCOUNT = "preprocess-dataset-ready-oidc-eventing.knative.dev-trigger"
+
+
+@pytest.fixture
+def oidc(kube, oidc_env, monkeypatch):
+    """preprocess as rendered for Knative: it accepts its Trigger's tokens only."""
+    for name, value in oidc_env(AUDIENCE, TRIGGER_ACCOUNT).items():
+        monkeypatch.setenv(name, value)
+    return kube
+
+
+def post_with(client, token: str | None):
+    return client.post("/", data=orjson.dumps(READY),
+                       headers=CE_HEADERS | ({"Authorization": f"Bearer {token}"} if token else {}))
+
+
+def test_a_token_the_cluster_signed_for_its_trigger_is_accepted(client, store, oidc):
+    assert_training_data_reply(post_with(client, oidc.token("flts", TRIGGER_ACCOUNT, AUDIENCE)), store)
+
+
+def foreign_token(claims: dict) -> str:
+    """The same claims, signed with a key the cluster does not have."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return jwt.encode(claims, rsa.generate_private_key(public_exponent=65537, key_size=2048), algorithm="RS256",
+                      headers={"kid": "forged"})
+
+
+@pytest.mark.parametrize(("who", "message"), [
+    (lambda c: None, f"an OIDC token for audience '{AUDIENCE}'"),
+    (lambda c: c.token("flts", TRIGGER_ACCOUNT, "flts.dev/infer"), f"not issued for audience '{AUDIENCE}'"),
+    (lambda c: c.token("flts", TRIGGER_ACCOUNT), f"not issued for audience '{AUDIENCE}'"),  # the API server's
+    (lambda c: c.token("flts", "intruder", AUDIENCE), "is not one of EVENT_OIDC_SENDERS"),
+    (lambda c: c.token("elsewhere", TRIGGER_ACCOUNT, AUDIENCE), "not a service account of namespace 'flts'"),
+    (lambda c: foreign_token(jwt_claims(c.token("flts", TRIGGER_ACCOUNT, AUDIENCE))), "forged"),
+    (lambda c: "not-a-jwt", "the OIDC token is refused"),
+], ids=["none", "other-audience", "api-audience", "other-sender", "other-namespace", "foreign-key", "garbage"])
+def test_any_other_credential_is_401_naming_the_problem(client, store, oidc, who, message):
+    response = post_with(client, who(oidc))
+    assert response.status_code == 401, response.data
+    assert message in orjson.loads(response.data)["error"]
+    assert list(store.list_keys("processed-data")) == []  # nothing was done
+
+
+def jwt_claims(token: str) -> dict:
+    import jwt
+
+    return jwt.decode(token, options={"verify_signature": False})
+
+
+def test_keys_out_of_reach_is_503_so_the_delivery_is_retried(client, store, oidc, monkeypatch):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("EVENT_OIDC_ISSUER_URL", f"https://127.0.0.1:{port}")
+    response = post_with(client, oidc.token("flts", TRIGGER_ACCOUNT, AUDIENCE))
+    assert response.status_code == 503
+    assert "cannot check the OIDC token now" in orjson.loads(response.data)["error"]
+
+
+def test_outputs_to_k_sink_carry_the_mounted_token_as_it_is_renewed(client, store, oidc, sink, tmp_path, monkeypatch):
+    """Knative's SinkBinding mounts a token for the Broker at /oidc/token and rewrites it before it expires."""
+    from flts.auth import EventAuthSettings, EventGate
+
+    url, received = sink
+    mounted = tmp_path / "oidc-token"
+    monkeypatch.setenv("K_SINK", url)
+    monkeypatch.setenv("EVENT_TOKEN_FILE", str(mounted))
+    broker_audience = "eventing.knative.dev/broker/flts/flts"
+    mounted_tokens = []
+    for _ in range(2):  # the second time, a renewed token
+        mounted_tokens.append(oidc.token("flts", "preprocess-emits-oidc-sources.knative.dev-sinkbinding",
+                                         broker_audience, seconds=600 + len(mounted_tokens)))
+        mounted.write_text(mounted_tokens[-1] + "\n")
+        assert post_with(client, oidc.token("flts", TRIGGER_ACCOUNT, AUDIENCE)).status_code == 202
+    assert mounted_tokens[0] != mounted_tokens[1]
+    assert [h["Authorization"] for h, _ in received] == [f"Bearer {t}" for t in mounted_tokens]
+    # what the Broker would check: the token is the cluster's, for its audience
+    broker = EventGate(EventAuthSettings(oidc_audience=broker_audience, oidc_issuer_url=oidc.url,
+                                         oidc_account_dir=os.environ["EVENT_OIDC_ACCOUNT_DIR"]))
+    assert [broker.refusal(headers["Authorization"]) for headers, _ in received] == [None, None]

@@ -123,3 +123,17 @@ def test_a_slow_body_holds_no_admission_slot_and_gets_408(store, window):
         with slow_client(url, "/") as slow_event:  # the CloudEvent route has the same deadline
             assert read_answer(slow_event).startswith(b"HTTP/1.1 408")
         assert httpx.post(url + "/predict", json=window).status_code == 200
+
+
+def test_on_knative_a_model_selected_needs_the_cluster_token_of_infers_trigger(store, kube, oidc_env):
+    """The forged-notice defect (H1) on a cluster: only infer's Trigger may post it (flts.auth, OIDC)."""
+    trigger = "infer-model-selected-oidc-eventing.knative.dev-trigger"
+    with serve(store, **oidc_env("flts.dev/infer", trigger)) as url:
+        headers, body = notice(store)
+        for forged in (kube.token("flts", "attacker", "flts.dev/infer"), kube.token("flts", trigger)):
+            refused = httpx.post(url + "/", content=body, headers={**headers, **bearer(forged)})
+            assert refused.status_code == 401, refused.text
+            assert "the OIDC token is refused" in refused.json()["error"]
+        accepted = httpx.post(url + "/", content=body, headers={**headers, **bearer(
+            kube.token("flts", trigger, "flts.dev/infer"))})
+        assert accepted.status_code == 202, accepted.text

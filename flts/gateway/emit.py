@@ -1,7 +1,8 @@
 """Where the gateway's `flts.dataset.ready` goes.
 
 - K_SINK set (the local stack: the dispatcher's ingress `/`; Knative: the dataset-ready KafkaSink;
-  OpenFaaS: the dispatcher): POSTed there with EVENT_TOKEN. The ingress answers 202 only once
+  OpenFaaS: the dispatcher): POSTed there with the sender's token (flts.auth.sender_token:
+  Knative's SinkBinding token for the sink, else EVENT_TOKEN). The ingress answers 202 only once
   Kafka has the event, and 503 once its producer gave up (flts.dispatcher.producer), so any
   failure here means "not written": the upload answers 503 and a retry may send it again.
 - K_SINK empty (embedded): published to an in-process EmbeddedRouter, run on one worker thread.
@@ -13,7 +14,7 @@ import threading
 import urllib.error
 from collections.abc import Callable
 
-from flts.auth import event_token
+from flts.auth import sender_token
 from flts.function_http import post_event
 from flts.logs import log
 from flts.settings import Env
@@ -30,10 +31,11 @@ class Refused(RuntimeError):
 Emitter = Callable[[object], None]
 
 
-def sink_emitter(sink: str, token: str, timeout: float) -> Emitter:
+def sink_emitter(sink: str, token: Callable[[], str], timeout: float) -> Emitter:
+    """POST each event to `sink` with the bearer token `token()` gives at that moment."""
     def emit(event) -> None:
         try:
-            post_event(sink, event, timeout=timeout, token=token)
+            post_event(sink, event, timeout=timeout, token=token())
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:300].decode(errors="replace")
             if exc.code >= 500 or exc.code in (408, 429):
@@ -69,4 +71,4 @@ class EmbeddedEmitter:
 
 def emitter_from_env(env: Env, timeout: float) -> Emitter:
     sink = env.get("K_SINK", "").strip()
-    return sink_emitter(sink, event_token(env), timeout) if sink else EmbeddedEmitter(env)
+    return sink_emitter(sink, lambda: sender_token(env), timeout) if sink else EmbeddedEmitter(env)

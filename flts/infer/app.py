@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from flts import __version__
-from flts.auth import refusal
+from flts.auth import EventGate, refusal
 from flts.events import MAX_EVENT_BYTES
 from flts.infer import prometheus as metrics
 from flts.infer.admission import AdmissionControl, ClientGone, error_headers, read_body
@@ -90,6 +90,7 @@ class InferService:
     def __init__(self, env: Env | None = None, store: ObjectStore | None = None, registry: ModelRegistry | None = None):
         self.env = dict(os.environ) if env is None else dict(env)
         self.settings = ServingSettings.from_env(self.env)
+        self.gate = EventGate(self.settings)  # POST /: EVENT_TOKEN or the cluster's OIDC tokens
         self.store = store if store is not None else store_from_env(self.env)
         self.registry = registry or ModelRegistry(self.settings.max_models, self.settings.max_model_bytes)
         self.batcher = Batcher(self.settings)
@@ -269,12 +270,17 @@ class InferService:
 
     # ------------------------------------------------------------ CloudEvents
 
+    async def _event_refusal(self, authorization: str | None):
+        if not self.gate.settings.oidc_audience:
+            return self.gate.refusal(authorization)
+        return await asyncio.to_thread(self.gate.refusal, authorization)  # it may fetch the cluster's keys
+
     async def cloudevent(self, request: Request) -> Response:
         from cloudevents.http import from_http
 
-        reason = refusal(request.headers.get("authorization"), self.settings.token)
-        if reason:  # an event changes what is served: only the stack's senders may post one
-            return _error(401, f"{reason} (EVENT_TOKEN)")
+        denied = await self._event_refusal(request.headers.get("authorization"))
+        if denied:  # an event changes what is served: only the stack's senders may post one
+            return _error(denied.status, denied.reason)
         try:
             body = await self._body(request, MAX_EVENT_BYTES, "MAX_EVENT_BYTES")
             event = from_http(dict(request.headers), body)

@@ -34,6 +34,7 @@ import (
 	"os"
 	"runtime/debug"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/yaml"
 	sigsyaml "sigs.k8s.io/yaml"
 
@@ -43,6 +44,7 @@ import (
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
 	"knative.dev/eventing/pkg/apis/feature"
 	sourcesv1 "knative.dev/eventing/pkg/apis/sources/v1"
+	"knative.dev/eventing/pkg/auth"
 	"knative.dev/pkg/apis"
 	servingconfig "knative.dev/serving/pkg/apis/config"
 	servingv1 "knative.dev/serving/pkg/apis/serving/v1"
@@ -107,14 +109,15 @@ type result struct {
 	Webhooks []string `json:"webhooks,omitempty"`
 	Errors   []string `json:"errors,omitempty"`
 	Warnings []string `json:"warnings,omitempty"` // what kubectl would print next to "created"
+	// The service account a Trigger's deliveries are signed for under Eventing's sender identity
+	// (authentication-oidc): what a subscriber that checks senders must allow.
+	OIDCIdentity string `json:"oidcIdentity,omitempty"`
 }
 
 type header struct {
-	APIVersion string `json:"apiVersion"`
-	Kind       string `json:"kind"`
-	Metadata   struct {
-		Name string `json:"name"`
-	} `json:"metadata"`
+	APIVersion string            `json:"apiVersion"`
+	Kind       string            `json:"kind"`
+	Metadata   metav1.ObjectMeta `json:"metadata"`
 }
 
 // admit runs one webhook's defaulting then validation on the object's JSON: its warnings, its refusal.
@@ -168,6 +171,9 @@ func check(file string, raw []byte, namespace string) result {
 		return result{File: file, Status: "invalid", Errors: []string{err.Error()}}
 	}
 	r := result{File: file, Kind: h.Kind, Name: h.Metadata.Name, Status: "valid"}
+	if h.APIVersion+"/"+h.Kind == "eventing.knative.dev/v1/Trigger" {
+		r.OIDCIdentity = auth.GetOIDCServiceAccountNameForResource(eventingv1.SchemeGroupVersion.WithKind("Trigger"), h.Metadata)
+	}
 	hooks, known := webhooks[h.APIVersion+"/"+h.Kind]
 	if !known {
 		r.Status = "not-knative"

@@ -21,6 +21,8 @@ The Service runs the image's server directly on :8080 (`python /app/index.py --l
 """
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
 
 from flts import routing
@@ -56,6 +58,7 @@ TRIGGER_API = ("eventing.knative.dev/v1", "Trigger")
 KAFKA_SINK_API = ("eventing.knative.dev/v1alpha1", "KafkaSink")
 KAFKA_SOURCE_API = ("sources.knative.dev/v1beta1", "KafkaSource")
 SINK_BINDING_API = ("sources.knative.dev/v1", "SinkBinding")
+SINK_TOKEN_FILE = "/oidc/token"  # where a SinkBinding mounts its sink's OIDC token (sender identity)
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -122,13 +125,25 @@ def ingress_types() -> list[str]:
 
 # --------------------------------------------------------------------------- Services and their settings
 def _env_list(d: Deployment) -> list[dict]:
-    fixed = [{"name": k, "value": v} for k, v in deployment_env(d).items()]
+    fixed = [{"name": k, "value": v} for k, v in {**deployment_env(d), **_identity_env(d)}.items()]
     config = [{"name": k, "valueFrom": {"configMapKeyRef": {"name": CONFIGMAP, "key": k}}}
               for k in sorted(config_keys(d.spec))]
     own = own_secret_keys(d.spec)  # its S3 account: a Secret of its own; the tokens: the shared one
     secret_of = {k: s3_secret_name(d.function) if k in own else SECRET for k in sorted(d.spec.secrets)}
     secrets = [{"name": k, "valueFrom": {"secretKeyRef": {"name": name, "key": k}}} for k, name in secret_of.items()]
     return fixed + config + secrets
+
+
+def _identity_env(d: Deployment) -> dict[str, str]:
+    """Eventing's sender identity, both ways: the audience and senders POST / accepts (its
+    Triggers'), and the token its SinkBinding mounts for K_SINK (flts.auth)."""
+    env = {}
+    if d.subscribes:
+        env["EVENT_OIDC_AUDIENCE"] = oidc_audience(d)
+        env["EVENT_OIDC_SENDERS"] = ",".join(trigger_identity(name) for name, _ in subscriptions(d))
+    if d.spec.emits:
+        env["EVENT_TOKEN_FILE"] = SINK_TOKEN_FILE
+    return env
 
 
 def _probes(spec: FunctionSpec) -> dict:
@@ -234,10 +249,51 @@ def _trigger(name: str, event_type: str, subscriber: dict, timeout_seconds: int 
     })
 
 
+def subscriptions(d: Deployment) -> list[tuple[str, str]]:
+    """(Trigger name, event type) of every event type the deployment takes."""
+    return [(f"{d.name}-{routing.topic_of(t)}", t) for t in d.subscribes]
+
+
+def oidc_audience(d: Deployment) -> str:
+    """The audience its Triggers sign deliveries for (a Service is no Eventing Addressable: it has none of its own)."""
+    return f"flts.dev/{d.name}"
+
+
 def subscriber_triggers() -> list[dict]:
     # Each attempt may wait for a cold start and then the whole request (cluster.delivery_seconds).
-    return [_trigger(f"{d.name}-{routing.topic_of(t)}", t, _ref(SERVICE_API, d.name), delivery_seconds(d))
-            for d in routing.DEPLOYMENTS for t in d.subscribes]
+    return [_trigger(name, t, {**_ref(SERVICE_API, d.name), "audience": oidc_audience(d)}, delivery_seconds(d))
+            for d in routing.DEPLOYMENTS for name, t in subscriptions(d)]
+
+
+# kmeta.ChildName (knative.dev/pkg) and auth.GetOIDCServiceAccountNameForResource (knative.dev/eventing),
+# checked against the upstream code by tests/test_deploy_upstream.py.
+_LONGEST, _MD5_HEX = 63, 32
+
+
+def _child_name(parent: str, suffix: str) -> str:
+    if len(parent) <= _LONGEST - len(suffix):
+        return parent + suffix
+    head = _LONGEST - _MD5_HEX
+    if head - len(suffix) > 0:
+        return parent[:head - len(suffix)] + hashlib.md5(parent.encode()).hexdigest() + suffix
+    name = parent[:head] + hashlib.md5((parent + suffix).encode()).hexdigest()
+    name += suffix[:max(0, _LONGEST - len(name))]
+    return re.sub(r"[^a-zA-Z0-9]+$", "", name)
+
+
+def oidc_identity(api: tuple[str, str], name: str) -> str:
+    """The service account Eventing's sender identity gives an object (its tokens' subject)."""
+    return _child_name(name, f"-oidc-{api[0].split('/')[0]}-{api[1]}").lower()
+
+
+def trigger_identity(trigger: str) -> str:
+    """The service account a Trigger's deliveries are signed as."""
+    return oidc_identity(TRIGGER_API, trigger)
+
+
+def broker_audience(namespace: str) -> str:
+    """The audience the Broker announces (status.address.audience) and its senders' tokens are for."""
+    return f"{BROKER_API[0].split('/')[0]}/{BROKER_API[1]}/{namespace}/{BROKER}".lower()
 
 
 def record_triggers() -> list[dict]:

@@ -7,6 +7,11 @@ their Triggers say: what `kubectl apply` would start on a fresh cluster, without
         cluster.publish(event)              # into the Broker: each matching Trigger delivers it
         cluster.wait_for(lambda: ...)       # received events, delivery attempts
 
+With `identity` (a kube-apiserver that signs service-account tokens), Eventing's sender identity
+(authentication-oidc) is played too: each Trigger's deliveries carry a token signed for its
+service account and its subscriber's audience, each SinkBinding's subject finds a token for the
+Broker where EVENT_TOKEN_FILE says, and the Broker refuses a POST without a valid one.
+
 Taken from the objects: each Service's command, its env (values, ConfigMap and Secret keys),
 K_SINK from its SinkBinding (the Broker: here an HTTP server of this module), Knative's
 runtime contract (K_SERVICE, K_CONFIGURATION, K_REVISION, PORT), its probes (path, period,
@@ -35,6 +40,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from flts.dev import REPO, processes
+from flts.dev.deploy.knative import SINK_BINDING_API, broker_audience, oidc_identity, trigger_identity
 from flts.dev.deploy.validate import DEFAULT_PROGRESS_DEADLINE, PROGRESS_DEADLINE, duration_seconds
 from flts.dev.testing import free_port
 
@@ -156,6 +162,7 @@ class Broker:
     recorded: dict[str, list] = field(default_factory=dict)  # KafkaSink name → events
     attempts: list[Attempt] = field(default_factory=list)
     closed: threading.Event = field(default_factory=threading.Event)
+    identity: SenderIdentity | None = None
 
     def __post_init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="broker")
@@ -180,14 +187,15 @@ class Broker:
         for attempt in range(delivery.get("retry", 0) + 1):
             if self.closed.wait(backoff * 2 ** (attempt - 1) if attempt else 0):
                 return
-            status, error = self._post(self.address(ref["name"]), event, timeout)
+            headers = self.identity.delivery_header(trigger) if self.identity else {}
+            status, error = self._post(self.address(ref["name"]), event, timeout, headers)
             with self._lock:
                 self.attempts.append(Attempt(trigger["metadata"]["name"], ref["name"], event["id"], status, error))
             if status is not None and status < 500 and status not in RETRIED:
                 return  # delivered, or refused for good (a 400 is a dead letter at once)
 
     @staticmethod
-    def _post(url: str | None, event, timeout: float | None) -> tuple[int | None, str]:
+    def _post(url: str | None, event, timeout: float | None, extra: dict[str, str]) -> tuple[int | None, str]:
         import httpx
         from cloudevents.conversion import to_binary
 
@@ -195,7 +203,7 @@ class Broker:
             return None, "no instance"
         headers, body = to_binary(event)
         try:
-            return httpx.post(url, headers=headers, content=body, timeout=timeout).status_code, ""
+            return httpx.post(url, headers={**headers, **extra}, content=body, timeout=timeout).status_code, ""
         except httpx.HTTPError as exc:
             return None, f"{type(exc).__name__}: {exc}"
 
@@ -210,6 +218,10 @@ def _broker_handler(broker: Broker) -> type[BaseHTTPRequestHandler]:
             from cloudevents.http import from_http
 
             body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            denied = broker.identity.broker_gate.refusal(self.headers.get("authorization")) if broker.identity else None
+            if denied:  # as the Broker ingress with authentication-oidc
+                self.send_error(denied.status, denied.reason)
+                return
             try:
                 event = from_http(dict(self.headers), body)
             except Exception as exc:  # noqa: BLE001 - a bad event is the sender's problem: 400
@@ -226,6 +238,41 @@ def _broker_handler(broker: Broker) -> type[BaseHTTPRequestHandler]:
     return Ingress
 
 
+# --------------------------------------------------------------------------- sender identity
+class SenderIdentity:
+    """Eventing's authentication-oidc, with tokens a real API server signs (upstream.KubeAPIServer)."""
+
+    def __init__(self, api, namespace: str, workdir: Path):
+        from flts.auth import EventAuthSettings, EventGate
+
+        self.api, self.namespace, self.workdir = api, namespace, workdir
+        self.account = api.service_account_dir(workdir / "serviceaccount", namespace)  # the pods' own
+        self.broker_gate = EventGate(EventAuthSettings(
+            oidc_audience=broker_audience(namespace), oidc_issuer_url=api.url, oidc_account_dir=str(self.account)))
+        self._tokens: dict[tuple[str, str], str] = {}
+
+    def _token(self, account: str, audience: str) -> str:
+        if (account, audience) not in self._tokens:
+            self._tokens[(account, audience)] = self.api.token(self.namespace, account, audience)
+        return self._tokens[(account, audience)]
+
+    def delivery_header(self, trigger: dict) -> dict[str, str]:
+        """What the Trigger's dispatcher adds: a token for its subscriber's audience, when it names one."""
+        audience = trigger["spec"]["subscriber"].get("audience")
+        account = trigger_identity(trigger["metadata"]["name"])
+        return {"Authorization": f"Bearer {self._token(account, audience)}"} if audience else {}
+
+    def pod_env(self, name: str, env: dict[str, str], binding: str | None) -> dict[str, str]:
+        """Where a pod finds its service account, and its SinkBinding's token for the Broker."""
+        local = {"EVENT_OIDC_ISSUER_URL": self.api.url, "EVENT_OIDC_ACCOUNT_DIR": str(self.account)}
+        if binding and env.get("EVENT_TOKEN_FILE"):
+            mounted = self.workdir / "oidc" / name / "token"
+            mounted.parent.mkdir(parents=True, exist_ok=True)
+            mounted.write_text(self._token(oidc_identity(SINK_BINDING_API, binding), broker_audience(self.namespace)))
+            local["EVENT_TOKEN_FILE"] = str(mounted)
+        return local
+
+
 # --------------------------------------------------------------------------- the cluster
 class NotReady(processes.NotReady):
     """A Service's revision would never turn Ready."""
@@ -233,7 +280,7 @@ class NotReady(processes.NotReady):
 
 class LocalCluster:
     def __init__(self, objects: list[dict], workdir: Path, *, stand_ins: dict[str, str],
-                 secrets: dict[str, str] | None = None):
+                 secrets: dict[str, str] | None = None, identity=None, namespace: str = "flts"):
         self.objects, self.workdir = objects, Path(workdir)
         self.stand_ins, self.secrets = stand_ins, secrets or {}
         self.services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
@@ -242,7 +289,8 @@ class LocalCluster:
         self.containers: dict[str, Container] = {}
         self.ready_seconds: dict[str, float] = {}  # per Service: from its start until its probe passed
         self._procs: dict[str, subprocess.Popen] = {}
-        self.broker = Broker([o for o in objects if o["kind"] == "Trigger"], self.url)
+        self.identity = SenderIdentity(identity, namespace, self.workdir) if identity is not None else None
+        self.broker = Broker([o for o in objects if o["kind"] == "Trigger"], self.url, identity=self.identity)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _broker_handler(self.broker))
         self.broker_url = f"http://127.0.0.1:{self._server.server_port}/"
 
@@ -259,14 +307,18 @@ class LocalCluster:
         self._server.server_close()
 
     # ------------------------------------------------------------ Services
-    def _k_sink(self, name: str) -> dict[str, str]:
-        """K_SINK as the Service's SinkBinding sets it: the Broker."""
-        bound = any(o["kind"] == "SinkBinding" and o["spec"]["subject"]["name"] == name for o in self.objects)
-        return {"K_SINK": self.broker_url} if bound else {}
+    def _binding(self, name: str) -> str | None:
+        """The SinkBinding whose subject the Service is: it sets K_SINK (the Broker)."""
+        return next((o["metadata"]["name"] for o in self.objects
+                     if o["kind"] == "SinkBinding" and o["spec"]["subject"]["name"] == name), None)
 
     def start(self, name: str) -> Container:
-        extra = {**self._k_sink(name), **{k: v for k, v in self.stand_ins.items() if k not in self.config}}
+        binding = self._binding(name)
+        extra = {**({"K_SINK": self.broker_url} if binding else {}),
+                 **{k: v for k, v in self.stand_ins.items() if k not in self.config}}
         container = container_of(self.services[name], self.config, self.secrets, extra, free_port())
+        if self.identity:
+            container.env.update(self.identity.pod_env(name, container.env, binding))
         log = self.workdir / "logs" / f"{name}.log"
         processes.log_mark(log, name)
         # The working directory is the image's copy of the function folder, not the repository's:

@@ -118,6 +118,7 @@ class KubeAPIServer:
 
     @contextlib.contextmanager
     def _apiserver(self, work: Path, etcd_url: str) -> Iterator[None]:
+        self._work = work
         port = free_port()
         self.url = f"https://127.0.0.1:{port}"
         key = work / "service-account.key"
@@ -189,6 +190,32 @@ class KubeAPIServer:
 
     def namespace(self, name: str) -> None:
         self.create_all([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}])
+
+    @property
+    def ca_file(self) -> Path:
+        """The certificate chain the server's self-signed HTTPS certificate is checked with."""
+        return self._work / "certs" / "apiserver.crt"
+
+    def service_account_dir(self, path: Path, namespace: str, account: str = "default") -> Path:
+        """What a pod of `account` has mounted at /var/run/secrets/kubernetes.io/serviceaccount."""
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "token").write_text(self.token(namespace, account))
+        (path / "ca.crt").write_bytes(self.ca_file.read_bytes())
+        (path / "namespace").write_text(namespace)
+        return path
+
+    def token(self, namespace: str, account: str, audience: str | None = None, seconds: int = 600) -> str:
+        """A token the server signs for a service account (TokenRequest, as the kubelet and Knative
+        ask for one); the account is created when missing. No audience: the server's own."""
+        self.create_all([{"apiVersion": "v1", "kind": "ServiceAccount",
+                          "metadata": {"name": account, "namespace": namespace}}])
+        spec: dict = {"expirationSeconds": seconds, **({"audiences": [audience]} if audience else {})}
+        status, payload, _ = self._request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{account}/token",
+                                           {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                                            "spec": spec})
+        if status != 201:
+            raise RuntimeError(f"TokenRequest for {namespace}/{account}: {status} {payload.get('message')}")
+        return payload["status"]["token"]
 
     def dry_run(self, obj: dict, namespace: str = NAMESPACE) -> list[str]:
         """What `kubectl apply --dry-run=server --validate=strict` reports for the object (create):
