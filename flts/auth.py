@@ -50,6 +50,9 @@ class EventAuthSettings(Settings):
                                  "the pod's service account (token, ca.crt, namespace) to fetch the JWKS with")
 
 
+_GATE_VARIABLES = tuple(field.validation_alias for field in EventAuthSettings.model_fields.values())
+
+
 def event_token(env: Env | None = None) -> str:
     """The stack's event token from `env` (default: this process's environment); empty = open."""
     return EventAuthSettings.from_env(os.environ if env is None else env).token
@@ -68,14 +71,15 @@ def sender_token(env: Env | None = None) -> str:
 
 
 @lru_cache(maxsize=32)
-def _gate(settings_key: tuple) -> EventGate:
-    return EventGate(EventAuthSettings(**dict(settings_key)))
+def _gate(values: tuple[str, ...]) -> EventGate:
+    return EventGate(EventAuthSettings.from_env(dict(zip(_GATE_VARIABLES, values, strict=True))))
 
 
 def gate_for(env: Env | None = None) -> EventGate:
-    """The process's gate for these settings: one per configuration, so its keys stay cached."""
-    settings = EventAuthSettings.from_env(os.environ if env is None else env)
-    return _gate(tuple(settings.model_dump().items()))
+    """The process's gate for these settings: one per configuration, so its keys stay cached (and
+    the settings are not parsed again on every request)."""
+    env = os.environ if env is None else env
+    return _gate(tuple(env.get(name, "") for name in _GATE_VARIABLES))
 
 
 def bearer_header(token: str | None) -> dict[str, str]:
