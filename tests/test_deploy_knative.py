@@ -70,7 +70,7 @@ def test_crd_copies_are_unchanged_from_upstream():
 
 def test_every_committed_knative_object_validates(objects, schemas):
     assert {o["kind"] for o in objects} == {"Service", "ConfigMap", "Secret", "Broker", "Trigger",
-                                             "KafkaSink", "KafkaSource", "SinkBinding"}
+                                             "KafkaSink", "KafkaSource", "SinkBinding", "EventPolicy"}
     errors = [e for o in objects for e in deploy.schema_errors(o, schemas)]
     assert errors == []
     assert deploy.semantic_errors(objects) == []

@@ -16,6 +16,7 @@ import pytest
 from flts import events, routing
 from flts.dev import deploy
 from flts.dev.demo import upload_dataset
+from flts.dev.deploy.knative import broker_audience
 from flts.dev.deploy.localrun import LocalCluster, NotReady
 from flts.dev.forecast import last_rows, request_body
 from flts.dev.testing import LTE_FEATURES, persistence_onnx, promote
@@ -113,10 +114,13 @@ def test_with_sender_identity_no_one_else_reaches_a_function_or_the_broker(clust
 
     pointer = promote(store, persistence_onnx(10, len(LTE_FEATURES), 3, 0))
     headers, body = to_binary(events.make_event(events.MODEL_SELECTED, "/anyone", pointer))
-    forged = cluster.identity.api.token("flts", "default", "flts.dev/infer")  # a pod's own account
-    for extra in ({}, {"Authorization": f"Bearer {forged}"}):
+    api = cluster.identity.api
+    for token in (None, api.token("flts", "default", "flts.dev/infer")):  # none, or a pod's own account's
+        extra = {"Authorization": f"Bearer {token}"} if token else {}
         refused = httpx.post(cluster.url("infer") + "/", headers={**headers, **extra}, content=body)
         assert refused.status_code == 401, refused.text
+    for token in (None, api.token("flts", "default", broker_audience("flts"))):  # not in its EventPolicy
+        extra = {"Authorization": f"Bearer {token}"} if token else {}
         assert httpx.post(cluster.broker_url, headers={**headers, **extra}, content=body).status_code == 401
     assert not cluster.received(events.MODEL_SELECTED, source="/anyone")
 

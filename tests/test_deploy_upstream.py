@@ -17,7 +17,7 @@ import pytest
 
 from flts.dev import deploy
 from flts.dev.deploy import RenderOptions
-from flts.dev.deploy.knative import trigger_identity
+from flts.dev.deploy.knative import oidc_identity, trigger_identity
 from flts.dev.deploy.upstream import KNATIVE_CHECK, KUBE_APISERVER, KubeAPIServer, MissingTool, knative_versions, tool
 from flts.dev.deploy.upstream import knative_webhook_errors as webhook_errors
 from flts.dev.deploy.upstream import knative_webhook_results as webhook_results
@@ -68,7 +68,7 @@ def test_knative_webhooks_accept_every_rendered_object(options):
     results = webhook_results(rendered(options))
     assert [r for r in results if r["status"] == "invalid" or r.get("warnings")] == []
     checked = {r["kind"] for r in results if r["status"] == "valid"}
-    assert checked == {"Service", "Broker", "Trigger", "KafkaSink", "KafkaSource", "SinkBinding"}
+    assert checked == {"Service", "Broker", "Trigger", "KafkaSink", "KafkaSource", "SinkBinding", "EventPolicy"}
     assert {r["kind"] for r in results if r["status"] == "not-knative"} == {"ConfigMap", "Secret"}
     broker = next(r for r in results if r["kind"] == "Broker")
     assert broker["webhooks"] == ["eventing", "eventing-kafka"]  # a Kafka-class Broker passes both
@@ -90,6 +90,8 @@ def test_knative_webhooks_accept_every_rendered_object(options):
     (mutated("KafkaSink", "dlq-training-data", lambda k: k["spec"].update(replicationFactor=0)),
      "invalid value: 0: spec.replicationFactor"),
     (mutated("Broker", "flts", lambda b: b["spec"]["config"].update(kind="Secret")), "Expected ConfigMap"),
+    (mutated("EventPolicy", "flts-senders", lambda p: p["spec"]["from"][0].update(sub="anyone")),
+     "expected exactly one, got both: spec.from[0].ref, spec.from[0].sub"),
 ])
 def test_knative_webhooks_refuse_a_planted_error(obj, message):
     errors = webhook_errors([obj])
@@ -114,6 +116,20 @@ def test_each_function_accepts_exactly_the_senders_eventing_signs_its_triggers_a
         own = [t for t in triggers if t["spec"]["subscriber"]["ref"]["name"] == name]
         assert env["EVENT_OIDC_SENDERS"].split(",") == [identity[t["metadata"]["name"]] for t in own], name
         assert {t["spec"]["subscriber"]["audience"] for t in own} == {env["EVENT_OIDC_AUDIENCE"]}, name
+
+
+def test_the_broker_admits_exactly_the_senders_that_post_to_it():
+    """Its EventPolicy names the SinkBindings and KafkaSources whose sink is the Broker; the local
+    run's Broker admits their service accounts, named as Knative's own code names them."""
+    objects = rendered()
+    [policy] = [o for o in objects if o["kind"] == "EventPolicy"]
+    posting = {(o["kind"], o["metadata"]["name"]) for o in objects if o["kind"] in ("SinkBinding", "KafkaSource")
+               and o["spec"]["sink"]["ref"]["kind"] == "Broker"}
+    assert {(f["ref"]["kind"], f["ref"]["name"]) for f in policy["spec"]["from"]} == posting
+    assert len(posting) == len(deploy.knative.broker_senders()) >= 2
+    identity = {(r["kind"], r["name"]): r["oidcIdentity"] for r in webhook_results(objects) if r.get("oidcIdentity")}
+    assert [oidc_identity(api, name) for api, name in deploy.knative.broker_senders()] == [
+        identity[(api[1], name)] for api, name in deploy.knative.broker_senders()]
 
 
 @pytest.mark.parametrize("name", ["infer-model-selected", "a-trigger-name-of-thirty-chars", "x" * 70])

@@ -9,7 +9,8 @@
 //
 // A kind handled by two webhooks (a Kafka-class Broker: eventing's and eventing-kafka's)
 // is checked by both. The configuration in the context is the upstream code's defaults,
-// which is what a fresh install's ConfigMaps hold (serving ships only `_example` keys).
+// which is what a fresh install's ConfigMaps hold (serving ships only `_example` keys), plus
+// eventing's authentication-oidc, which docs/deploy.md has turned on first.
 //
 // The API server fills metadata.namespace from the request (`kubectl -n NS apply`) before
 // the webhooks see an object, so -namespace does the same (SinkBinding defaults its
@@ -35,6 +36,7 @@ import (
 	"runtime/debug"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/yaml"
 	sigsyaml "sigs.k8s.io/yaml"
 
@@ -42,6 +44,7 @@ import (
 	kafkasinkv1alpha1 "knative.dev/eventing-kafka-broker/control-plane/pkg/apis/eventing/v1alpha1"
 	kafkasourcev1beta1 "knative.dev/eventing-kafka-broker/control-plane/pkg/apis/sources/v1beta1"
 	eventingv1 "knative.dev/eventing/pkg/apis/eventing/v1"
+	eventingv1alpha1 "knative.dev/eventing/pkg/apis/eventing/v1alpha1"
 	"knative.dev/eventing/pkg/apis/feature"
 	sourcesv1 "knative.dev/eventing/pkg/apis/sources/v1"
 	"knative.dev/eventing/pkg/auth"
@@ -70,8 +73,9 @@ func servingContext(ctx context.Context) context.Context {
 
 func eventingContext(ctx context.Context) context.Context {
 	// eventing cmd/webhook: featureStore.ToContext(...); config/core/configmaps/features.yaml
-	// ships the same values as the code's defaults (delivery-timeout: enabled).
-	flags, err := feature.NewFlagsConfigFromMap(map[string]string{})
+	// ships the same values as the code's defaults (delivery-timeout: enabled), and docs/deploy.md
+	// has sender identity turned on before the eventing files are applied (EventPolicy needs it).
+	flags, err := feature.NewFlagsConfigFromMap(map[string]string{feature.OIDCAuthentication: "enabled"})
 	if err != nil {
 		panic(err)
 	}
@@ -93,6 +97,8 @@ var webhooks = map[string][]webhook{
 		{"eventing-kafka", func() admitted { return &kafkabrokerv1.BrokerStub{} }, kafkaContext}},
 	"eventing.knative.dev/v1/Trigger": {
 		{"eventing", func() admitted { return &eventingv1.Trigger{} }, eventingContext}},
+	"eventing.knative.dev/v1alpha1/EventPolicy": {
+		{"eventing", func() admitted { return &eventingv1alpha1.EventPolicy{} }, eventingContext}},
 	"sources.knative.dev/v1/SinkBinding": {
 		{"eventing", func() admitted { return &sourcesv1.SinkBinding{} }, eventingContext}},
 	"eventing.knative.dev/v1alpha1/KafkaSink": {
@@ -100,6 +106,9 @@ var webhooks = map[string][]webhook{
 	"sources.knative.dev/v1beta1/KafkaSource": {
 		{"eventing-kafka", func() admitted { return &kafkasourcev1beta1.KafkaSource{} }, kafkaContext}},
 }
+
+// senders: the kinds that post events with a token of their own service account.
+var senders = map[string]bool{"Trigger": true, "SinkBinding": true, "KafkaSource": true}
 
 type result struct {
 	File     string   `json:"file"`
@@ -109,8 +118,8 @@ type result struct {
 	Webhooks []string `json:"webhooks,omitempty"`
 	Errors   []string `json:"errors,omitempty"`
 	Warnings []string `json:"warnings,omitempty"` // what kubectl would print next to "created"
-	// The service account a Trigger's deliveries are signed for under Eventing's sender identity
-	// (authentication-oidc): what a subscriber that checks senders must allow.
+	// The service account a sender's tokens name under Eventing's sender identity
+	// (authentication-oidc): what a receiver that checks senders must allow.
 	OIDCIdentity string `json:"oidcIdentity,omitempty"`
 }
 
@@ -171,8 +180,8 @@ func check(file string, raw []byte, namespace string) result {
 		return result{File: file, Status: "invalid", Errors: []string{err.Error()}}
 	}
 	r := result{File: file, Kind: h.Kind, Name: h.Metadata.Name, Status: "valid"}
-	if h.APIVersion+"/"+h.Kind == "eventing.knative.dev/v1/Trigger" {
-		r.OIDCIdentity = auth.GetOIDCServiceAccountNameForResource(eventingv1.SchemeGroupVersion.WithKind("Trigger"), h.Metadata)
+	if senders[h.Kind] {
+		r.OIDCIdentity = auth.GetOIDCServiceAccountNameForResource(schema.FromAPIVersionAndKind(h.APIVersion, h.Kind), h.Metadata)
 	}
 	hooks, known := webhooks[h.APIVersion+"/"+h.Kind]
 	if !known {

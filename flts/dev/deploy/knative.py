@@ -58,6 +58,7 @@ TRIGGER_API = ("eventing.knative.dev/v1", "Trigger")
 KAFKA_SINK_API = ("eventing.knative.dev/v1alpha1", "KafkaSink")
 KAFKA_SOURCE_API = ("sources.knative.dev/v1beta1", "KafkaSource")
 SINK_BINDING_API = ("sources.knative.dev/v1", "SinkBinding")
+EVENT_POLICY_API = ("eventing.knative.dev/v1alpha1", "EventPolicy")
 SINK_TOKEN_FILE = "/oidc/token"  # where a SinkBinding mounts its sink's OIDC token (sender identity)
 
 
@@ -344,10 +345,25 @@ def sink_bindings() -> list[dict]:
     }) for d in emitters()]
 
 
+def broker_senders() -> list[tuple[tuple[str, str], str]]:
+    """(api, name) of what posts to the Broker: the functions' SinkBindings and the ingress KafkaSources."""
+    bindings = [(SINK_BINDING_API, b["metadata"]["name"]) for b in sink_bindings()
+                if b["spec"]["sink"]["ref"]["kind"] == BROKER_API[1]]
+    return bindings + [(KAFKA_SOURCE_API, s["metadata"]["name"]) for s in ingress_sources()]
+
+
+def broker_policy() -> dict:
+    """Under sender identity, only these may post to the Broker (else any service account of the namespace)."""
+    return _object(EVENT_POLICY_API, _meta(f"{BROKER}-senders"), spec={
+        "to": [{"ref": {"apiVersion": BROKER_API[0], "kind": BROKER_API[1], "name": BROKER}}],
+        "from": [{"ref": {"apiVersion": api[0], "kind": api[1], "name": name}} for api, name in broker_senders()],
+    })
+
+
 def knative_files(options: RenderOptions = DEFAULTS) -> dict[str, list[dict]]:
     """Repository path → the objects in that file."""
     return {
-        "eventing/knative/broker.yaml": [broker()],
+        "eventing/knative/broker.yaml": [broker(), broker_policy()],
         "eventing/knative/triggers.yaml": subscriber_triggers() + record_triggers(),
         "eventing/knative/kafka-sinks.yaml": kafka_sinks(options.kafka_replication),
         "eventing/knative/kafka-sources.yaml": ingress_sources(),

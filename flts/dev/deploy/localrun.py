@@ -10,7 +10,8 @@ their Triggers say: what `kubectl apply` would start on a fresh cluster, without
 With `identity` (a kube-apiserver that signs service-account tokens), Eventing's sender identity
 (authentication-oidc) is played too: each Trigger's deliveries carry a token signed for its
 service account and its subscriber's audience, each SinkBinding's subject finds a token for the
-Broker where EVENT_TOKEN_FILE says, and the Broker refuses a POST without a valid one.
+Broker where EVENT_TOKEN_FILE says, and the Broker refuses a POST without a valid one from a
+sender its EventPolicy names.
 
 Taken from the objects: each Service's command, its env (values, ConfigMap and Secret keys),
 K_SINK from its SinkBinding (the Broker: here an HTTP server of this module), Knative's
@@ -40,7 +41,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from flts.dev import REPO, processes
-from flts.dev.deploy.knative import SINK_BINDING_API, broker_audience, oidc_identity, trigger_identity
+from flts.dev.deploy.knative import (
+    SINK_BINDING_API,
+    broker_audience,
+    broker_senders,
+    oidc_identity,
+    trigger_identity,
+)
 from flts.dev.deploy.validate import DEFAULT_PROGRESS_DEADLINE, PROGRESS_DEADLINE, duration_seconds
 from flts.dev.testing import free_port
 
@@ -247,8 +254,9 @@ class SenderIdentity:
 
         self.api, self.namespace, self.workdir = api, namespace, workdir
         self.account = api.service_account_dir(workdir / "serviceaccount", namespace)  # the pods' own
-        self.broker_gate = EventGate(EventAuthSettings(
-            oidc_audience=broker_audience(namespace), oidc_issuer_url=api.url, oidc_account_dir=str(self.account)))
+        self.broker_gate = EventGate(EventAuthSettings(  # with its EventPolicy: only the rendered senders
+            oidc_audience=broker_audience(namespace), oidc_senders=tuple(oidc_identity(*s) for s in broker_senders()),
+            oidc_issuer_url=api.url, oidc_account_dir=str(self.account)))
         self._tokens: dict[tuple[str, str], str] = {}
 
     def _token(self, account: str, audience: str) -> str:

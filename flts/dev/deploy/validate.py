@@ -31,7 +31,7 @@ from flts.dev.deploy.openfaas import CE_MAX_REPLICAS, SCALE_MAX, SCALE_MIN, SCAL
 SCHEMA_DIR = REPO / "deploy" / "schemas"
 KNATIVE_SCHEMA_DIR = SCHEMA_DIR / "knative"
 CRD_FILES = ("serving-service.yaml", "eventing-broker.yaml", "eventing-trigger.yaml",
-             "eventing-sinkbindings.yaml", "kafka-source.yaml", "kafka-sink.yaml")
+             "eventing-sinkbindings.yaml", "kafka-source.yaml", "kafka-sink.yaml", "eventing-eventpolicy.yaml")
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
 ISO_DURATION = re.compile(r"^P(?!$)(\d+D)?(T(?=\d)(\d+H)?(\d+M)?(\d+(\.\d+)?S)?)?$")
 RESERVED_ENV = {"PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION"}  # set by Knative itself
