@@ -1,6 +1,7 @@
 """The four services together: start_all, stop_all, status."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -40,8 +41,11 @@ def start_all(cfg: InfraConfig | None = None, topics: list[str] | None = None) -
         return run
 
     def kafka_and_topics() -> None:
+        from flts.dev.scaling import ScaleSettings  # the stack's partition count, so `flts up` need not grow them
+
         kafka.start_kafka(cfg)
-        kafka.create_topics(cfg, cfg.topics if topics is None else topics)
+        kafka.create_topics(cfg, cfg.topics if topics is None else topics,
+                            partitions=ScaleSettings.from_env(os.environ).partitions)
 
     threads = [
         threading.Thread(target=job(kafka_and_topics), name="flts-kafka", daemon=True),
