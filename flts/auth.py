@@ -61,7 +61,7 @@ def event_token(env: Env | None = None) -> str:
 def sender_token(env: Env | None = None) -> str:
     """What a sender presents now: EVENT_TOKEN_FILE's content when that file exists (read on every
     send, so a renewed token is used at once), else EVENT_TOKEN."""
-    settings = EventAuthSettings.from_env(os.environ if env is None else env)
+    settings = gate_for(env).settings  # parsed once per configuration, not on every send
     if settings.token_file:
         try:
             return Path(settings.token_file).read_text().strip()
