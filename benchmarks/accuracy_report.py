@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flts.metrics import TargetScale, regression_metrics, window_half_widths
+from flts.intervals import window_half_widths
+from flts.metrics import TargetScale, regression_metrics
 from flts.plots import draw_forecast
 
 BETTER_BY = 0.05  # "clearly better": at least 5 % below the best peer's NRMSE

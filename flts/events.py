@@ -73,16 +73,23 @@ class ModelTraining(_Data):
 
 class PredictionIntervals(_Data):
     """Split-conformal intervals: at `levels[i]`, the true value lies within forecast ± half_widths[i][h]
-    (× the window's scale when scale_rows > 0) at horizon step h+1, from the validation windows' residuals."""
+    (× the window's scale of that step when scaled, flts.intervals.IntervalScaling) at horizon step h+1,
+    from the validation windows' residuals."""
 
     levels: list[float] = Field(min_length=1)
     half_widths: list[list[float]] = Field(min_length=1)
-    # 0: half_widths are in the target's units. K > 0: they multiply the window's local scale, the
-    # mean |one-step change| of its last K+1 target values (flts.metrics.recent_change), so the
+    # All 0: half_widths are in the target's units. K > 0: they multiply the window's recent scale, the
+    # mean |one-step change| of its last K+1 target values (flts.intervals.recent_change), so the
     # interval widens when the series turns volatile (normalised conformal).
     scale_rows: int = Field(default=0, ge=0)
     # S > 0 (at most K): the scale is the larger of that and the mean of the last S changes alone.
     short_scale_rows: int = Field(default=0, ge=0)
+    # P > 0 (instead of K): step h's half-widths multiply its seasonal scale, the mean |one-step change|
+    # within ±season_width rows of the row P (a day) before its target row, over up to season_days
+    # days of the history (flts.intervals.seasonal_change).
+    season_rows: int = Field(default=0, ge=0)
+    season_days: int = Field(default=0, ge=0)
+    season_width: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _one_row_per_level(self) -> PredictionIntervals:
@@ -92,6 +99,8 @@ class PredictionIntervals(_Data):
             raise ValueError("half_widths needs one non-empty row per level")
         if len({len(row) for row in self.half_widths}) != 1:
             raise ValueError("every level's half_widths row needs one value per horizon step")
+        if self.season_rows and (self.scale_rows or self.season_days < 1):
+            raise ValueError("seasonal intervals (season_rows > 0) need season_days >= 1 and no scale_rows")
         return self
 
 

@@ -14,7 +14,7 @@ def draw_forecast(ax, times, actual: np.ndarray, forecast: np.ndarray, bands: li
     """One panel: the actual values, the forecast, and a band per interval level.
 
     actual/forecast [rows]: one forecast step of consecutive windows; bands: (level, half-width
-    [rows] of that step, flts.metrics.window_half_widths)."""
+    [rows] of that step, flts.intervals.window_half_widths)."""
     ax.plot(times, actual, color="black", lw=1.0, label="actual")
     ax.plot(times, forecast, color="tab:blue", lw=1.0, label=label)
     for level, half in sorted(bands, key=lambda band: band[0], reverse=True):

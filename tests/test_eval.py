@@ -235,8 +235,8 @@ def test_the_validation_score_chooses_and_the_winners_intervals_are_promoted(env
     log_run(env, claim, "LSTM", 0.7, validation={"score": 0.2, "windows": 50, "intervals": intervals})
     [selected] = handle(log_run(env, claim, "PROPHET", validation={"score": 0.5, "windows": 50,
                                                                     "intervals": intervals}), env)
-    assert selected.data["model_type"] == "LSTM" and selected.data["intervals"] == {**intervals, "scale_rows": 0,
-                                                                                "short_scale_rows": 0}
+    assert selected.data["model_type"] == "LSTM" and selected.data["intervals"] == {
+        **intervals, "scale_rows": 0, "short_scale_rows": 0, "season_rows": 0, "season_days": 0, "season_width": 0}
     board = log_lines(capsys.readouterr().err, "promotion_scoreboard")[-1]["scoreboard"]
     assert [row["model_type"] for row in board] == ["LSTM", "PROPHET", "GRU"]
     assert {row["selected_by"] for row in board} == {"val_score"}

@@ -463,7 +463,7 @@ def test_scaled_intervals_need_their_history_and_follow_its_recent_change(file_s
     """scale_rows = 11: a request sends 12 rows (more than the model's 10), the half-widths multiply the
     mean |one-step change| of those 12 target values, or of the last 3 changes when that is larger
     (short_scale_rows = 3); v2 scales each window by the rows it holds."""
-    from flts.metrics import recent_change
+    from flts.intervals import recent_change
 
     half_widths = [[1.0, 2.0, 3.0]]
     promote(file_store, persistence_onnx(L, len(LTE_FEATURES), M, TARGET_INDEX),
@@ -484,6 +484,35 @@ def test_scaled_intervals_need_their_history_and_follow_its_recent_change(file_s
         width = (np.array(outputs["forecast_upper_90"]["data"]) - np.array(outputs["forecast"]["data"])).reshape(2, M)
         np.testing.assert_allclose(width[1], np.array(half_widths[0]) * 10.0, rtol=1e-5)  # the last 3 changes
         assert np.all(width[0] < 1e-6)  # a flat window: the floor keeps the width positive but tiny
+
+
+def test_seasonal_intervals_need_a_day_of_history_and_scale_each_step_by_its_time_of_day(file_store, lte_dir):
+    """season_rows = 12 (a 'day' of 12 rows), ±1 row, up to 2 days: a request needs 14 rows (step 0's
+    day back reaches the change into row 14 before the origin) and each step's half-width multiplies
+    flts.intervals.seasonal_change of the target it sends; v2's 10-row tensor holds no day, so every
+    step takes the tensor's mean change."""
+    from flts.intervals import seasonal_change
+
+    half_widths = [[1.0, 2.0, 3.0]]
+    promote(file_store, persistence_onnx(L, len(LTE_FEATURES), M, TARGET_INDEX),
+            intervals={"levels": [0.9], "half_widths": half_widths, "season_rows": 12, "season_days": 2,
+                       "season_width": 1})
+    body = request_body(last_rows(lte_dir / "PobleSec_test.csv", 40), "time")
+    with running_server(create_app(env_for(file_store), file_store)) as url:
+        assert httpx.get(url + "/readyz").json()["model"]["history_rows"] == 14
+        short = request_body(last_rows(lte_dir / "PobleSec_test.csv", 13), "time")
+        refused = httpx.post(url + "/predict", json=short)
+        assert refused.status_code == 400 and "at least 14 rows of history" in refused.json()["error"]
+        scales = seasonal_change(np.array(body["data"]["down"], np.float64), M, 12, 2, 1)
+        assert len(set(np.round(scales, 6))) == M  # each step its own scale
+        widths = [p["upper_90"] - p["down"] for p in httpx.post(url + "/predict", json=body).json()["predictions"]]
+        np.testing.assert_allclose(widths, np.array(half_widths[0]) * scales, rtol=1e-5)
+        x = np.zeros((1, L, len(LTE_FEATURES)), np.float32)
+        x[0, :, TARGET_INDEX] = np.arange(L) ** 2  # changes 1, 3, ..., 17: their mean is 9
+        tensor = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+        outputs = {o["name"]: o for o in httpx.post(url + "/v2/models/PobleSec/infer", json=tensor).json()["outputs"]}
+        width = np.array(outputs["forecast_upper_90"]["data"]) - np.array(outputs["forecast"]["data"])
+        np.testing.assert_allclose(width, np.array(half_widths[0]) * 9.0, rtol=1e-5)
 
 
 def test_intervals_for_another_horizon_are_refused_naming_both(file_store):

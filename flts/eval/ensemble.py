@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from flts.forecasters.base import first_line
+from flts.intervals import IntervalScaling, conformal_intervals
 from flts.logs import log
-from flts.metrics import TargetScale, conformal_intervals, regression_metrics
+from flts.metrics import TargetScale, regression_metrics
 from flts.train.artifacts import VALIDATION
 
 MODEL_TYPE = "ENSEMBLE"
@@ -88,12 +89,12 @@ def signature(members: list[dict], intervals: dict, config_hash: str) -> dict:
 
 def intervals_of(choice: Choice, member_signatures: list[dict], train_target: np.ndarray) -> dict:
     """Conformal intervals of the mean's validation residuals, at the members' levels and scaled as
-    theirs are (the ensemble reads the target whenever a member does)."""
+    one of them is (the ensemble reads the target whenever a member does), chosen as a trainer
+    chooses among its scalings."""
     given = [s["intervals"] for s in member_signatures if s.get("intervals")]
     levels = given[0]["levels"] if given else list(DEFAULT_LEVELS)
-    scale_rows = max((i.get("scale_rows", 0) for i in given), default=0)
-    short_rows = max((i.get("short_scale_rows", 0) for i in given), default=0)
-    return conformal_intervals(choice.val_truth, choice.val_forecast, levels, train_target, scale_rows, short_rows)
+    scalings = [IntervalScaling.of(i) for i in given if IntervalScaling.of(i).scaled]
+    return conformal_intervals(choice.val_truth, choice.val_forecast, levels, train_target, scalings)
 
 
 def val_metrics(choice: Choice) -> dict:

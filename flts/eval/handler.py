@@ -31,8 +31,9 @@ from flts.eval import ensemble, scoring
 from flts.eval.settings import EvalSettings
 from flts.events import EventError, ModelTraining, PromotionPointer
 from flts.forecasters import ensemble as ensemble_format
+from flts.intervals import window_half_widths
 from flts.logs import error, log, warn
-from flts.metrics import WEIGHTS, TargetScale, regression_metrics, window_half_widths
+from flts.metrics import WEIGHTS, TargetScale, regression_metrics
 from flts.plots import PLOT_FILE, save_forecast_plot
 from flts.promotion import current_key, history_key
 from flts.settings import Env

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from flts import forecasters
 from flts.forecasters import SIGNATURE, ArtifactError
 from flts.forecasters.base import ScoringModel, first_line
-from flts.metrics import window_scales
+from flts.intervals import IntervalScaling, window_scales
 from flts.storage import ObjectStore
 from flts.windows import lookback_rows, window_count
 
@@ -150,14 +150,12 @@ class ScoringFrame:
         return self.train[target].to_numpy(np.float64)[:len(self.train) - self.lookback]
 
     def window_scales(self, target: str, windows: int, intervals: dict) -> np.ndarray:
-        """The local scale (flts.metrics.window_scales) of each scored window under a pointer's
-        `intervals`, from all history before it (ones for intervals that are not scaled)."""
-        rows = intervals.get("scale_rows", 0)
-        if not rows:
-            return np.ones(windows)
+        """[windows, steps]: the scales (flts.intervals.window_scales) of each scored window under a
+        pointer's `intervals`, from all history before it (ones for fixed widths)."""
         series = np.concatenate([self.history(target), self.frame[target].to_numpy(np.float64)])
         first = len(series) - len(self.frame) + self.origin
-        return window_scales(series, first + np.arange(windows), rows, intervals.get("short_scale_rows", 0))
+        steps = len(intervals["half_widths"][0])
+        return window_scales(series, first + np.arange(windows), IntervalScaling.of(intervals), steps)
 
     def persistence(self, target: str, output_len: int) -> np.ndarray:
         return persistence_forecast(self.frame[target].to_numpy(np.float64), self.origin, output_len)

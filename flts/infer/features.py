@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, tzinfo
 
 import numpy as np
 
-from flts.metrics import recent_change
+from flts.intervals import IntervalScaling
 
 TIME_FEATURES = ("minute_sin", "minute_cos", "dow_sin", "dow_cos")
 _EPOCH = datetime(1970, 1, 1)
@@ -40,18 +40,17 @@ class InputSpec:
     frequency_seconds: float | None = None
     # (level, half-width per horizon step): split-conformal, from the pointer (eval computed them)
     intervals: tuple[tuple[float, tuple[float, ...]], ...] = ()
-    # > 0: the half-widths multiply the recent change of the target's last scale_rows + 1 values
-    scale_rows: int = 0
-    short_scale_rows: int = 0  # > 0: at least the recent change of the last short_scale_rows changes
+    # how the half-widths scale with the target history a request sends (fixed widths by default)
+    scaling: IntervalScaling = IntervalScaling()
 
     @property
     def scaled_intervals(self) -> bool:
-        return bool(self.intervals and self.scale_rows)
+        return bool(self.intervals and self.scaling.scaled)
 
     @property
     def history_rows(self) -> int:
         """Rows a /predict request sends: the model's window, and the rows its interval scale reads."""
-        return max(self.input_seq_len, self.scale_rows + 1 if self.scaled_intervals else 0)
+        return max(self.input_seq_len, self.scaling.history_rows(self.output_seq_len) if self.scaled_intervals else 0)
 
     @property
     def raw_columns(self) -> tuple[str, ...]:
@@ -67,7 +66,7 @@ class Window:
     steps: int               # how many forecast steps to return
     tz: tzinfo | None        # offset of the input timestamps, kept on the output
     sep: str                 # "T" or " ", as the input wrote its timestamps
-    scale: float = 1.0       # the intervals' local scale (InputSpec.scale_rows), 1 when they are fixed
+    scale: np.ndarray | float = 1.0  # [output_seq_len]: the intervals' scale per step (InputSpec.scaling), or 1
 
 
 # ---------------------------------------------------------------- time
@@ -136,11 +135,11 @@ def format_forecast_times(window: Window) -> list[str]:
 
 
 def interval_scales(x: np.ndarray, spec: InputSpec) -> np.ndarray | float:
-    """The local scale of each window of a batch [batch, L, F] from the target rows it holds (the last
-    scale_rows + 1 at most): the v2 route, whose tensor is exactly the model's window."""
+    """[batch, output_seq_len]: the interval scales of each window of a batch [batch, L, F] from the
+    target rows it holds: the v2 route, whose tensor is exactly the model's window."""
     if not spec.scaled_intervals:
         return 1.0
-    return recent_change(x[:, -(spec.scale_rows + 1):, spec.feature_columns.index(spec.target)], spec.short_scale_rows)
+    return spec.scaling.scales(x[:, :, spec.feature_columns.index(spec.target)], spec.output_seq_len)
 
 
 def interval_name(level: float) -> str:
@@ -150,12 +149,12 @@ def interval_name(level: float) -> str:
 
 def with_intervals(forecast: np.ndarray, spec: InputSpec, scale: float | np.ndarray = 1.0) -> dict[str, np.ndarray]:
     """{"lower_80": ..., "upper_80": ...} around forecast [..., steps], one pair per level; `scale`:
-    the window's local scale ([batch] for a batch), which scaled intervals multiply."""
+    the window's scale per step ([batch, steps] for a batch), which scaled intervals multiply."""
     if not spec.intervals:
         return {}
     steps = forecast.shape[-1]
     factor = np.asarray(scale, dtype=forecast.dtype) if spec.scaled_intervals else np.ones((), forecast.dtype)
-    factor = factor[:, None] if factor.ndim else factor
+    factor = factor[..., :steps] if factor.ndim else factor
     bounds = {}
     for level, half_widths in spec.intervals:
         half = np.asarray(half_widths[:steps], dtype=forecast.dtype) * factor
@@ -254,6 +253,5 @@ def parse_predict(body, spec: InputSpec, max_rows: int) -> Window:
     step = spec.frequency_seconds or (float(np.median(np.diff(wall))) if rows > 1 else 0.0)
     if step <= 0:
         raise RequestError("cannot tell the data frequency from one row; send at least two rows")
-    scale = float(recent_change(raw[spec.target][-(spec.scale_rows + 1):], spec.short_scale_rows)) \
-        if spec.scaled_intervals else 1.0
+    scale = spec.scaling.scales(raw[spec.target], spec.output_seq_len) if spec.scaled_intervals else 1.0
     return Window(x=x, last_wall=float(wall[-1]), step_seconds=float(step), steps=steps, tz=tz, sep=sep, scale=scale)

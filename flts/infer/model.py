@@ -19,6 +19,7 @@ from flts.forecasters import SIGNATURE, ArtifactError, ArtifactFormat
 from flts.forecasters.base import Predictor
 from flts.infer.features import InputSpec
 from flts.infer.settings import ServingSettings
+from flts.intervals import IntervalScaling
 from flts.logs import log
 from flts.storage import ObjectNotFound, ObjectStore, StorageError, get_json
 
@@ -108,8 +109,7 @@ def input_spec(pointer: PromotionPointer, signature: dict, artifact_format: Arti
         timestamp_column=str(field("timestamp_column") or "time"),
         frequency_seconds=float(field("frequency_seconds")) if field("frequency_seconds") else None,
         intervals=_intervals(pointer, int(field("output_seq_len"))),
-        scale_rows=pointer.intervals.scale_rows if pointer.intervals else 0,
-        short_scale_rows=pointer.intervals.short_scale_rows if pointer.intervals else 0,
+        scaling=IntervalScaling.of(pointer.intervals.model_dump() if pointer.intervals else None),
     )
 
 

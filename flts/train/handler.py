@@ -21,8 +21,9 @@ from pathlib import Path
 
 from flts import events, forecasters
 from flts.events import DataClaim, EventError, ModelTraining
+from flts.intervals import IntervalScaling, conformal_intervals
 from flts.logs import error, log
-from flts.metrics import TargetScale, conformal_intervals, regression_metrics
+from flts.metrics import TargetScale, regression_metrics
 from flts.settings import Env
 from flts.storage import is_transient, store_from_env
 from flts.train import artifacts, data, tracking
@@ -165,9 +166,8 @@ def fit_and_write(job: Job, split: data.TrainData, folder: Path) -> tuple[dict, 
     metrics = {**regression_metrics(fitted.truth, fitted.forecast, target_scale), **fitted.metrics}
     signature = _signature(job, split, family, fitted)
     if fitted.validation is not None:
-        scale_rows = job.settings.interval_scale_rows if job.target in signature["feature_columns"] else 0
         val_metrics, signature["intervals"] = _validation(job.settings, fitted.validation, target_scale,
-                                                          split.train.target, scale_rows)
+                                                          split.train.target, _interval_scalings(job, signature))
         metrics.update(val_metrics)
     artifacts.write_serving_model(folder / family.name, family.model_file, fitted.model_bytes, signature)
     if fitted.validation is not None:  # eval averages candidates' validation forecasts to try an ensemble
@@ -176,15 +176,25 @@ def fit_and_write(job: Job, split: data.TrainData, folder: Path) -> tuple[dict, 
     return metrics, fitted.series
 
 
+def _interval_scalings(job: Job, signature: dict) -> list[IntervalScaling]:
+    """The scalings the intervals may take: none (fixed widths) for a model that does not read its
+    target, else the recent one and, on a grid a day divides, the seasonal one."""
+    if job.target not in signature["feature_columns"]:
+        return []
+    settings = job.settings
+    seasonal = IntervalScaling.daily(signature.get("frequency_seconds"), settings.interval_season_days)
+    return [IntervalScaling.recent(settings.interval_scale_rows, settings.interval_short_scale_rows),
+            *([seasonal] if seasonal else [])]
+
+
 def _validation(settings: TrainSettings, validation: tuple, target_scale: TargetScale, train_target,
-                scale_rows: int) -> tuple[dict, dict]:
+                scalings: list[IntervalScaling]) -> tuple[dict, dict]:
     """The validation windows' metrics (`val_` prefixed: eval chooses on them) and the conformal
     intervals their residuals give (they travel in signature.json to the promotion pointer)."""
     forecast, truth = validation
     metrics = {f"val_{name}": value for name, value in regression_metrics(truth, forecast, target_scale).items()}
     metrics["val_windows"] = len(truth)
-    return metrics, conformal_intervals(truth, forecast, list(settings.interval_levels), train_target, scale_rows,
-                                        settings.interval_short_scale_rows)
+    return metrics, conformal_intervals(truth, forecast, list(settings.interval_levels), train_target, scalings)
 
 
 
