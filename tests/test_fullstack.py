@@ -27,6 +27,7 @@ from flts.dev import infra as fi
 from flts.dev import processes, stack
 from flts.dev.testing import stack_pids
 from flts.dispatcher import event_from_kafka
+from flts.intervals import IntervalScaling
 
 pytestmark = pytest.mark.stack
 
@@ -208,7 +209,9 @@ def test_pipeline_through_the_full_stack_and_infer_scales_to_zero(full_stack, in
 
     # /predict through the front door: a cold start, answered by the promoted model
     history = pd.concat([pd.read_csv(train_csv), test], ignore_index=True)
-    body = _predict_body(history, identifier, pointer.input_seq_len)
+    intervals = pointer.intervals.model_dump() if pointer.intervals else None
+    rows = max(pointer.input_seq_len, IntervalScaling.of(intervals).history_rows(pointer.output_seq_len))
+    body = _predict_body(history, identifier, rows)  # what /readyz states as history_rows
     with httpx.Client(base_url=_infer_url(cfg), timeout=60, trust_env=False) as client:
         t0 = time.monotonic()
         response = client.post("/predict", json=body)

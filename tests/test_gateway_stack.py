@@ -23,6 +23,7 @@ from flts.dev import processes, stack
 from flts.dev.infra import kafka as infra_kafka
 from flts.dev.infra import service as infra_service
 from flts.dev.testing import stack_pids
+from flts.intervals import IntervalScaling
 
 pytestmark = pytest.mark.stack
 
@@ -111,7 +112,8 @@ def test_upload_over_http_reaches_a_served_forecast_and_the_page_shows_it(gatewa
     infer = next(p.url for p in stack.plan(cfg) if p.scale_to_zero)
     pointer = httpx.get(f"{url}/download/pointer/{identifier}", headers={"Authorization": f"Bearer {token}"}).json()
     end = len(history) - TEST_ROWS + 110
-    window = history.ffill().iloc[end - pointer["input_seq_len"]:end]
+    rows = max(pointer["input_seq_len"], IntervalScaling.of(pointer.get("intervals")).history_rows(pointer["output_seq_len"]))
+    window = history.ffill().iloc[end - rows:end]  # what /readyz states as history_rows
     body = {"data": {c: window[c].tolist() for c in window.columns}, "index_col": "time", "identifier": identifier}
     predicted = httpx.post(f"{infer.rstrip('/')}/predict", json=body, timeout=60, trust_env=False)
     assert predicted.status_code == 200, predicted.text
