@@ -438,6 +438,12 @@ def test_registry_holds_the_pinned_default_and_at_most_max_models_identifiers_lr
 
 
 # ---------------------------------------------------------------- prediction intervals
+def v2_outputs(url: str, x: np.ndarray) -> dict[str, dict]:
+    """The v2 route's outputs for the FP32 tensor x [batch, L, F], by name."""
+    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+    return {o["name"]: o for o in httpx.post(url + "/v2/models/PobleSec/infer", json=body).json()["outputs"]}
+
+
 def test_predict_and_v2_return_the_pointers_conformal_bounds_per_level(file_store, window):
     half_widths = [[10.0, 20.0, 30.0], [40.0, 50.0, 60.0]]
     promote(file_store, persistence_onnx(L, len(LTE_FEATURES), M, TARGET_INDEX),
@@ -449,8 +455,7 @@ def test_predict_and_v2_return_the_pointers_conformal_bounds_per_level(file_stor
             assert p["lower_80"] == pytest.approx(p["down"] - half_widths[0][step])
             assert p["upper_95"] == pytest.approx(p["down"] + half_widths[1][step])
         x = np.zeros((2, L, len(LTE_FEATURES)), np.float32)
-        body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
-        outputs = {o["name"]: o for o in httpx.post(url + "/v2/models/PobleSec/infer", json=body).json()["outputs"]}
+        outputs = v2_outputs(url, x)
         assert sorted(outputs) == ["forecast", "forecast_lower_80", "forecast_lower_95", "forecast_upper_80",
                                    "forecast_upper_95"]
         forecast, upper = np.array(outputs["forecast"]["data"]), np.array(outputs["forecast_upper_95"]["data"])
@@ -479,8 +484,7 @@ def test_scaled_intervals_need_their_history_and_follow_its_recent_change(file_s
             assert p["upper_90"] - p["down"] == pytest.approx(half_widths[0][step] * scale, rel=1e-5)
         x = np.zeros((2, L, len(LTE_FEATURES)), np.float32)
         x[1, :, TARGET_INDEX] = np.cumsum(np.r_[0.0, np.ones(L - 4), np.full(3, 10.0)])  # a burst at the end
-        tensor = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
-        outputs = {o["name"]: o for o in httpx.post(url + "/v2/models/PobleSec/infer", json=tensor).json()["outputs"]}
+        outputs = v2_outputs(url, x)
         width = (np.array(outputs["forecast_upper_90"]["data"]) - np.array(outputs["forecast"]["data"])).reshape(2, M)
         np.testing.assert_allclose(width[1], np.array(half_widths[0]) * 10.0, rtol=1e-5)  # the last 3 changes
         assert np.all(width[0] < 1e-6)  # a flat window: the floor keeps the width positive but tiny
@@ -509,8 +513,7 @@ def test_seasonal_intervals_need_a_day_of_history_and_scale_each_step_by_its_tim
         np.testing.assert_allclose(widths, np.array(half_widths[0]) * scales, rtol=1e-5)
         x = np.zeros((1, L, len(LTE_FEATURES)), np.float32)
         x[0, :, TARGET_INDEX] = np.arange(L) ** 2  # changes 1, 3, ..., 17: their mean is 9
-        tensor = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
-        outputs = {o["name"]: o for o in httpx.post(url + "/v2/models/PobleSec/infer", json=tensor).json()["outputs"]}
+        outputs = v2_outputs(url, x)
         width = np.array(outputs["forecast_upper_90"]["data"]) - np.array(outputs["forecast"]["data"])
         np.testing.assert_allclose(width, np.array(half_widths[0]) * 9.0, rtol=1e-5)
 
