@@ -464,6 +464,13 @@ def test_predict_and_v2_return_the_pointers_conformal_bounds_per_level(file_stor
         assert [o["name"] for o in metadata["outputs"]] == list(outputs)
 
 
+def assert_history_rows(url: str, lte_dir, rows: int) -> None:
+    """/readyz states `rows` of history, and a request with one fewer gets the 400 that names them."""
+    assert httpx.get(url + "/readyz").json()["model"]["history_rows"] == rows
+    refused = httpx.post(url + "/predict", json=request_body(last_rows(lte_dir / "PobleSec_test.csv", rows - 1), "time"))
+    assert refused.status_code == 400 and f"at least {rows} rows of history" in refused.json()["error"]
+
+
 def test_scaled_intervals_need_their_history_and_follow_its_recent_change(file_store, lte_dir):
     """scale_rows = 11: a request sends 12 rows (more than the model's 10), the half-widths multiply the
     mean |one-step change| of those 12 target values, or of the last 3 changes when that is larger
@@ -475,10 +482,7 @@ def test_scaled_intervals_need_their_history_and_follow_its_recent_change(file_s
             intervals={"levels": [0.9], "half_widths": half_widths, "scale_rows": 11, "short_scale_rows": 3})
     body = request_body(last_rows(lte_dir / "PobleSec_test.csv", 12), "time")
     with running_server(create_app(env_for(file_store), file_store)) as url:
-        assert httpx.get(url + "/readyz").json()["model"]["history_rows"] == 12
-        short = request_body(last_rows(lte_dir / "PobleSec_test.csv", 11), "time")
-        refused = httpx.post(url + "/predict", json=short)
-        assert refused.status_code == 400 and "at least 12 rows of history" in refused.json()["error"]
+        assert_history_rows(url, lte_dir, 12)
         scale = recent_change(np.array(body["data"]["down"], np.float64), 3)
         for step, p in enumerate(httpx.post(url + "/predict", json=body).json()["predictions"]):
             assert p["upper_90"] - p["down"] == pytest.approx(half_widths[0][step] * scale, rel=1e-5)
@@ -503,10 +507,7 @@ def test_seasonal_intervals_need_a_day_of_history_and_scale_each_step_by_its_tim
                        "season_width": 1})
     body = request_body(last_rows(lte_dir / "PobleSec_test.csv", 40), "time")
     with running_server(create_app(env_for(file_store), file_store)) as url:
-        assert httpx.get(url + "/readyz").json()["model"]["history_rows"] == 14
-        short = request_body(last_rows(lte_dir / "PobleSec_test.csv", 13), "time")
-        refused = httpx.post(url + "/predict", json=short)
-        assert refused.status_code == 400 and "at least 14 rows of history" in refused.json()["error"]
+        assert_history_rows(url, lte_dir, 14)
         scales = seasonal_change(np.array(body["data"]["down"], np.float64), M, 12, 2, 1)
         assert len(set(np.round(scales, 6))) == M  # each step its own scale
         widths = [p["upper_90"] - p["down"] for p in httpx.post(url + "/predict", json=body).json()["predictions"]]
