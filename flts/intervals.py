@@ -118,9 +118,6 @@ class IntervalScaling:
     def scaled(self) -> bool:
         return bool(self.season_rows or self.scale_rows)
 
-    def fields(self) -> dict[str, int]:
-        return asdict(self)
-
     def history_rows(self, steps: int) -> int:
         """The fewest target rows before the origin that give every step its scale: the recent
         window, or one day at every step (more days, up to season_days, are used when sent)."""
@@ -199,7 +196,6 @@ def conformal_intervals(truth: np.ndarray, forecast: np.ndarray, levels: Sequenc
     origins = len(series) - steps - len(truth) + 1 + np.arange(len(truth))
     usable = [c for c in candidates if not c.season_rows or c.history_rows(steps) <= origins[0]] or [IntervalScaling()]
     scored = [(c, window_scales(series, origins, c, steps)) for c in dict.fromkeys(usable)]
-    scaling, scales = min(scored, key=lambda cs: coverage_miss(truth, forecast, levels, cs[1])) \
-        if len(scored) > 1 else scored[0]
+    scaling, scales = min(scored, key=lambda cs: coverage_miss(truth, forecast, levels, cs[1]))
     return {"levels": list(levels), "half_widths": conformal_half_widths(truth / scales, forecast / scales, levels),
-            **scaling.fields()}
+            **asdict(scaling)}

@@ -93,7 +93,7 @@ def intervals_of(choice: Choice, member_signatures: list[dict], train_target: np
     chooses among its scalings."""
     given = [s["intervals"] for s in member_signatures if s.get("intervals")]
     levels = given[0]["levels"] if given else list(DEFAULT_LEVELS)
-    scalings = [IntervalScaling.of(i) for i in given if IntervalScaling.of(i).scaled]
+    scalings = [scaling for scaling in map(IntervalScaling.of, given) if scaling.scaled]
     return conformal_intervals(choice.val_truth, choice.val_forecast, levels, train_target, scalings)
 
 
